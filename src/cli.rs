@@ -1,0 +1,170 @@
+//! The command line as typed: argh structs that capture syntax only.
+//!
+//! Nothing here validates meaning or reads files; [`crate::config`] turns
+//! these structs (plus the JSON config file and the environment) into a
+//! validated `Config`. Parsing goes through `FromArgs::from_args` so that
+//! `--help` goes to stdout with status 0 and a usage error to stderr with 64.
+
+use argh::FromArgs;
+
+/// Flush unsent sensor rows from a gateway's SQLite database to an MQTT
+/// broker at QoS 1, marking each row sent only after the broker's PUBACK.
+#[derive(FromArgs, Debug)]
+#[argh(
+    note = "Run `frameflush <command> --help` for the options of a command. `frameflush --version` prints the version.",
+    error_code(0, "every selected row acknowledged and marked, or nothing to send"),
+    error_code(64, "bad command line"),
+    error_code(65, "some rows could not be turned into a message (the rest went out)"),
+    error_code(66, "database file or table missing"),
+    error_code(69, "broker unreachable (refused, timed out, DNS)"),
+    error_code(74, "database unreadable or unwritable"),
+    error_code(
+        75,
+        "partial: connection lost, acks not all in before the deadline, or another run holds the lock"
+    ),
+    error_code(77, "the broker refused the credentials or the client id"),
+    error_code(78, "invalid configuration")
+)]
+pub struct Cli {
+    #[argh(subcommand)]
+    pub command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    Flush(Box<FlushArgs>),
+    Init(InitArgs),
+    Status(StatusArgs),
+}
+
+/// Publish unsent rows (oldest first) and mark each one after its PUBACK.
+#[derive(FromArgs, Debug, Default)]
+#[argh(
+    subcommand,
+    name = "flush",
+    example = "frameflush flush --db /var/lib/gateway/sensors.db --host broker.example --topic 'sensors/{{id_wasp}}/{{sensor}}'",
+    note = "Topic placeholders: {{id}} {{id_wasp}} {{id_secret}} {{frame_type}} {{frame_number}} {{sensor}} {{value}} {{timestamp}}; {{{{ and }}}} stand for literal braces. The password comes from the environment variable FRAMEFLUSH_PASSWORD or from --pw-file, never from the command line. A successful run prints nothing.",
+    error_code(0, "every selected row acknowledged and marked, or nothing to send"),
+    error_code(64, "bad command line"),
+    error_code(65, "some rows could not be turned into a message (the rest went out)"),
+    error_code(66, "database file or table missing"),
+    error_code(69, "broker unreachable (refused, timed out, DNS)"),
+    error_code(74, "database unreadable or unwritable"),
+    error_code(
+        75,
+        "partial: connection lost, acks not all in before the deadline, or another run holds the lock"
+    ),
+    error_code(77, "the broker refused the credentials or the client id"),
+    error_code(78, "invalid configuration")
+)]
+pub struct FlushArgs {
+    /// the SQLite database holding the sensorParser table
+    #[argh(option)]
+    pub db: Option<String>,
+    /// JSON file with defaults for any of these options (keys named like the long flags); flags win
+    #[argh(option)]
+    pub config: Option<String>,
+    /// broker host name or address (default localhost)
+    #[argh(option)]
+    pub host: Option<String>,
+    /// broker port (default 1883)
+    #[argh(option)]
+    pub port: Option<u16>,
+    /// broker as a URL: mqtt://[USER@]HOST[:PORT][/TOPIC]
+    #[argh(option, short = 'L')]
+    pub url: Option<String>,
+    /// MQTT client id (default frameflush-<hostname>)
+    #[argh(option, short = 'i')]
+    pub id: Option<String>,
+    /// MQTT user name
+    #[argh(option, short = 'u')]
+    pub username: Option<String>,
+    /// file holding the MQTT password (first line); see also FRAMEFLUSH_PASSWORD
+    #[argh(option)]
+    pub pw_file: Option<String>,
+    /// keep-alive interval in seconds, 0 for none (default 60)
+    #[argh(option, short = 'k')]
+    pub keepalive: Option<u16>,
+    /// seconds to wait for the TCP connection and CONNACK (default 10)
+    #[argh(option)]
+    pub connect_timeout: Option<f64>,
+    /// topic template (default sensors/{id_wasp}/{sensor})
+    #[argh(option, short = 't')]
+    pub topic: Option<String>,
+    /// payload format: json (one object per row, the default) or value (the bare value)
+    #[argh(option)]
+    pub payload: Option<String>,
+    /// the sync bit of this destination: a power of two (default 64, Meshlium's MQTT bit)
+    #[argh(option)]
+    pub sync_mask: Option<u64>,
+    /// rows read from the database at a time, and marked per transaction (default 500)
+    #[argh(option)]
+    pub batch: Option<u32>,
+    /// unacknowledged PUBLISHes in flight at most, 1 to 65535 (default 100)
+    #[argh(option)]
+    pub inflight: Option<u16>,
+    /// publish at most this many rows in this run
+    #[argh(option)]
+    pub limit: Option<u64>,
+    /// seconds after which nothing new is published (default 50)
+    #[argh(option)]
+    pub max_time: Option<f64>,
+    /// seconds to wait for outstanding acknowledgements before giving up (default 10)
+    #[argh(option)]
+    pub ack_timeout: Option<f64>,
+    /// largest payload in bytes; a larger row is not sent (default 131072)
+    #[argh(option)]
+    pub max_payload: Option<u32>,
+    /// seconds to wait for a database lock held by another process (default 5)
+    #[argh(option)]
+    pub busy_timeout: Option<f64>,
+    /// print topic<TAB>payload for what would go out; connect to nothing, mark nothing
+    #[argh(switch)]
+    pub dry_run: bool,
+    /// print one JSON summary object on stdout at the end of the run
+    #[argh(switch)]
+    pub json: bool,
+    /// log each chunk to stderr
+    #[argh(switch, short = 'v')]
+    pub verbose: bool,
+    /// log each chunk and every MQTT event to stderr
+    #[argh(switch, short = 'd')]
+    pub debug: bool,
+    /// print no error messages (the exit status still tells)
+    #[argh(switch)]
+    pub quiet: bool,
+}
+
+/// Create the sensorParser table and frameflush's index (an existing table is kept as it is).
+#[derive(FromArgs, Debug, Default)]
+#[argh(subcommand, name = "init")]
+pub struct InitArgs {
+    /// the SQLite database to create or complete
+    #[argh(option)]
+    pub db: Option<String>,
+    /// JSON config file (its db and sync-mask keys are used)
+    #[argh(option)]
+    pub config: Option<String>,
+    /// the sync bit whose index to create (default 64)
+    #[argh(option)]
+    pub sync_mask: Option<u64>,
+}
+
+/// Print how many rows are unsent for the sync mask, the oldest unsent timestamp and the total.
+#[derive(FromArgs, Debug, Default)]
+#[argh(subcommand, name = "status")]
+pub struct StatusArgs {
+    /// the SQLite database holding the sensorParser table
+    #[argh(option)]
+    pub db: Option<String>,
+    /// JSON config file (its db and sync-mask keys are used)
+    #[argh(option)]
+    pub config: Option<String>,
+    /// the sync bit to report on (default 64)
+    #[argh(option)]
+    pub sync_mask: Option<u64>,
+    /// print one JSON object instead of text
+    #[argh(switch)]
+    pub json: bool,
+}

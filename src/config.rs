@@ -1,0 +1,678 @@
+//! The validated configuration: flags, the JSON config file and the
+//! environment, merged and checked once.
+//!
+//! Flags win over the config file. A bad value that came from a flag is a
+//! usage error (exit 64); one that came from the config file, the
+//! environment or a file the configuration names is a configuration error
+//! (exit 78). The rest of the program only ever sees a [`Config`] (or, for
+//! `init` and `status`, a [`Target`]) and never re-validates.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cli::{FlushArgs, InitArgs, StatusArgs};
+use crate::error::{Error, Exit, Result};
+use crate::template::{PayloadFormat, Template};
+
+/// The environment variable the MQTT password may come from.
+pub const PASSWORD_ENV: &str = "FRAMEFLUSH_PASSWORD";
+/// Meshlium's MQTT sender bit: the default destination.
+pub const DEFAULT_SYNC_MASK: i64 = 64;
+pub const DEFAULT_TOPIC: &str = "sensors/{id_wasp}/{sensor}";
+
+/// Which database and which destination bit a command works on.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub db: PathBuf,
+    /// A single bit: a row is unsent while `sync & sync_mask = 0`.
+    pub sync_mask: i64,
+    pub busy_timeout: Duration,
+}
+
+/// Everything `flush` needs, validated.
+#[derive(Debug)]
+pub struct Config {
+    pub target: Target,
+    pub broker: Broker,
+    pub topic: Template,
+    pub payload: PayloadFormat,
+    /// Rows read per SELECT and marked per transaction at most.
+    pub batch: usize,
+    /// Unacknowledged PUBLISHes at most.
+    pub inflight: u16,
+    pub limit: Option<u64>,
+    pub max_time: Duration,
+    pub ack_timeout: Duration,
+    pub max_payload: usize,
+    pub dry_run: bool,
+    pub json: bool,
+    pub log: Log,
+}
+
+/// How much a run says on stderr.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Log {
+    pub verbose: bool,
+    pub debug: bool,
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Broker {
+    /// As given; an IPv6 literal without brackets.
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub keepalive: Duration,
+    pub connect_timeout: Duration,
+}
+
+/// A secret that never prints: its Debug and Display say `<redacted>`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The config file's keys: the long flags' names. `password` is recognised
+/// only to be refused with a clear message.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileSettings {
+    db: Option<String>,
+    host: Option<String>,
+    port: Option<u16>,
+    url: Option<String>,
+    id: Option<String>,
+    username: Option<String>,
+    password: Option<serde::de::IgnoredAny>,
+    pw_file: Option<String>,
+    keepalive: Option<u16>,
+    connect_timeout: Option<f64>,
+    topic: Option<String>,
+    payload: Option<String>,
+    sync_mask: Option<u64>,
+    batch: Option<u32>,
+    inflight: Option<u16>,
+    limit: Option<u64>,
+    max_time: Option<f64>,
+    ack_timeout: Option<f64>,
+    max_payload: Option<u32>,
+    busy_timeout: Option<f64>,
+    dry_run: Option<bool>,
+    json: Option<bool>,
+    verbose: Option<bool>,
+    debug: Option<bool>,
+    quiet: Option<bool>,
+}
+
+/// Where a value came from: decides between exit 64 and 78.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    Flag,
+    File,
+}
+
+impl Origin {
+    fn error(self, message: String) -> Error {
+        match self {
+            Origin::Flag => Error::usage(message),
+            Origin::File => Error::config(message),
+        }
+    }
+    fn name(self, key: &str) -> String {
+        match self {
+            Origin::Flag => format!("--{key}"),
+            Origin::File => format!("config key \"{key}\""),
+        }
+    }
+}
+
+/// A value and where it came from.
+struct Val<T> {
+    v: T,
+    from: Origin,
+    key: &'static str,
+}
+
+impl<T> Val<T> {
+    fn bad(&self, why: impl fmt::Display) -> Error {
+        self.from
+            .error(format!("{} {why}", self.from.name(self.key)))
+    }
+}
+
+/// The flag's value if given, else the file's.
+fn pick<T>(key: &'static str, flag: Option<T>, file: Option<T>) -> Option<Val<T>> {
+    match (flag, file) {
+        (Some(v), _) => Some(Val {
+            v,
+            from: Origin::Flag,
+            key,
+        }),
+        (None, Some(v)) => Some(Val {
+            v,
+            from: Origin::File,
+            key,
+        }),
+        (None, None) => None,
+    }
+}
+
+fn read_file_settings(path: Option<&str>) -> Result<FileSettings> {
+    let Some(path) = path else {
+        return Ok(FileSettings::default());
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config(format!("cannot read config file {path}: {}", io_reason(&e))))?;
+    let settings: FileSettings = serde_json::from_str(&text)
+        .map_err(|e| Error::config(format!("config file {path}: {e}")))?;
+    if settings.password.is_some() {
+        return Err(Error::config(format!(
+            "config file {path}: a password does not belong in the config file; \
+             use the environment variable {PASSWORD_ENV} or the pw-file key"
+        )));
+    }
+    Ok(settings)
+}
+
+/// An io::Error's reason without the "(os error N)" noise.
+pub fn io_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+fn target(
+    db: Option<Val<String>>,
+    sync_mask: Option<Val<u64>>,
+    busy_timeout: Option<Val<f64>>,
+) -> Result<Target> {
+    let db = match db {
+        Some(db) if db.v.is_empty() => return Err(db.bad("is empty: give the database file")),
+        Some(db) => PathBuf::from(db.v),
+        None => return Err(Error::usage("no database given: use --db PATH")),
+    };
+    let sync_mask = match sync_mask {
+        None => DEFAULT_SYNC_MASK,
+        Some(m) => {
+            if m.v == 0 || !m.v.is_power_of_two() || m.v > (1u64 << 62) {
+                return Err(m.bad(format_args!(
+                    "must be a single bit (a power of two from 1 to 2^62), not {}",
+                    m.v
+                )));
+            }
+            m.v as i64
+        }
+    };
+    let busy_timeout = seconds(busy_timeout, 5.0, false)?;
+    Ok(Target {
+        db,
+        sync_mask,
+        busy_timeout,
+    })
+}
+
+/// Seconds as a Duration: finite, not negative, at most a day; zero only
+/// where `zero_ok`.
+fn seconds(val: Option<Val<f64>>, default: f64, zero_ok: bool) -> Result<Duration> {
+    let Some(val) = val else {
+        return Ok(Duration::from_secs_f64(default));
+    };
+    if !val.v.is_finite() || val.v < 0.0 || (!zero_ok && val.v == 0.0) || val.v > 86_400.0 {
+        let lower = if zero_ok { "from 0" } else { "greater than 0" };
+        return Err(val.bad(format_args!(
+            "must be a number of seconds {lower} up to 86400, not {}",
+            val.v
+        )));
+    }
+    Ok(Duration::from_secs_f64(val.v))
+}
+
+impl Target {
+    pub fn for_init(args: &InitArgs) -> Result<Target> {
+        let file = read_file_settings(args.config.as_deref())?;
+        target(
+            pick("db", args.db.clone(), file.db),
+            pick("sync-mask", args.sync_mask, file.sync_mask),
+            pick("busy-timeout", None, file.busy_timeout),
+        )
+    }
+
+    pub fn for_status(args: &StatusArgs) -> Result<Target> {
+        let file = read_file_settings(args.config.as_deref())?;
+        target(
+            pick("db", args.db.clone(), file.db),
+            pick("sync-mask", args.sync_mask, file.sync_mask),
+            pick("busy-timeout", None, file.busy_timeout),
+        )
+    }
+
+    /// The lock file of this database and destination bit.
+    pub fn lock_path(&self) -> PathBuf {
+        let mut name = self.db.as_os_str().to_owned();
+        name.push(format!(".frameflush-{}.lock", self.sync_mask));
+        PathBuf::from(name)
+    }
+}
+
+/// The parts of an `mqtt://[USER@]HOST[:PORT][/TOPIC]` URL.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Url {
+    host: String,
+    port: Option<u16>,
+    username: Option<String>,
+    topic: Option<String>,
+}
+
+fn parse_url(s: &str) -> std::result::Result<Url, String> {
+    let rest = if let Some(rest) = s
+        .strip_prefix("mqtt://")
+        .or_else(|| s.strip_prefix("tcp://"))
+    {
+        rest
+    } else if s.starts_with("mqtts://") || s.starts_with("ssl://") {
+        return Err(format!(
+            "{s:?} asks for TLS, which this version does not support yet"
+        ));
+    } else {
+        return Err(format!("{s:?} is not an mqtt://HOST[:PORT] URL"));
+    };
+    let (authority, topic) = match rest.find('/') {
+        Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+        None => (rest, None),
+    };
+    let (userinfo, hostport) = match authority.rfind('@') {
+        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+        None => (None, authority),
+    };
+    if let Some(u) = userinfo {
+        if u.contains(':') {
+            return Err(format!(
+                "a password does not belong in the URL; use the environment variable {PASSWORD_ENV} or --pw-file"
+            ));
+        }
+        if u.is_empty() {
+            return Err("has an empty user name before '@'".into());
+        }
+    }
+    let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
+        let Some(end) = inner.find(']') else {
+            return Err(format!("{s:?} has an unclosed '[' in the host"));
+        };
+        let after = &inner[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err(format!("{s:?} has text after the ']' of the host")),
+        };
+        (&inner[..end], port)
+    } else {
+        match hostport.rfind(':') {
+            Some(i) => (&hostport[..i], Some(&hostport[i + 1..])),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{s:?} has no host"));
+    }
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => Some(p),
+            _ => return Err(format!("{s:?} has a bad port {p:?} (1 to 65535)")),
+        },
+    };
+    Ok(Url {
+        host: host.to_string(),
+        port,
+        username: userinfo.map(str::to_string),
+        topic: topic.filter(|t| !t.is_empty()).map(str::to_string),
+    })
+}
+
+/// The machine's host name, for the default client id.
+pub fn hostname() -> String {
+    for path in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            let s = s.trim();
+            if !s.is_empty() {
+                return s.to_string();
+            }
+        }
+    }
+    "gateway".to_string()
+}
+
+fn read_password_file(path: &Path) -> Result<Secret> {
+    let text = std::fs::read(path).map_err(|e| {
+        Error::config(format!(
+            "cannot read password file {}: {}",
+            path.display(),
+            io_reason(&e)
+        ))
+    })?;
+    let text = String::from_utf8(text).map_err(|_| {
+        Error::config(format!(
+            "password file {} is not UTF-8 text",
+            path.display()
+        ))
+    })?;
+    let first = text.lines().next().unwrap_or("");
+    Ok(Secret(first.to_string()))
+}
+
+impl Config {
+    /// Merges the flags, the config file and the environment, and validates.
+    /// `env` looks up an environment variable (std::env::var_os in main).
+    pub fn build(
+        args: &FlushArgs,
+        env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Config> {
+        let file = read_file_settings(args.config.as_deref())?;
+        let target = target(
+            pick("db", args.db.clone(), file.db),
+            pick("sync-mask", args.sync_mask, file.sync_mask),
+            pick("busy-timeout", args.busy_timeout, file.busy_timeout),
+        )?;
+
+        // The URL expands, in its own layer, into host, port, user and topic.
+        let flag_url = match &args.url {
+            Some(u) => Some(parse_url(u).map_err(|why| Error::usage(format!("--url {why}")))?),
+            None => None,
+        };
+        if flag_url.is_some() && (args.host.is_some() || args.port.is_some()) {
+            return Err(Error::usage(
+                "--url and --host/--port both name the broker: give one or the other",
+            ));
+        }
+        let file_url = match &file.url {
+            Some(u) => Some(
+                parse_url(u).map_err(|why| Error::config(format!("config key \"url\" {why}")))?,
+            ),
+            None => None,
+        };
+        if file_url.is_some() && (file.host.is_some() || file.port.is_some()) {
+            return Err(Error::config(
+                "config keys \"url\" and \"host\"/\"port\" both name the broker: keep one",
+            ));
+        }
+        let (fu_host, fu_port, fu_user, fu_topic) = match file_url {
+            Some(u) => (Some(u.host), u.port, u.username, u.topic),
+            None => (None, None, None, None),
+        };
+        let (au_host, au_port, au_user, au_topic) = match flag_url {
+            Some(u) => (Some(u.host), u.port, u.username, u.topic),
+            None => (None, None, None, None),
+        };
+
+        let host = pick(
+            "host",
+            args.host.clone().or(au_host),
+            file.host.clone().or(fu_host),
+        );
+        let host = match host {
+            None => "localhost".to_string(),
+            Some(h) => {
+                if h.v.is_empty() || h.v.chars().any(|c| c.is_whitespace() || c == '/') {
+                    return Err(h.bad(format_args!("{:?} is not a host name or address", h.v)));
+                }
+                h.v.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string()
+            }
+        };
+        let port = match pick("port", args.port.or(au_port), file.port.or(fu_port)) {
+            None => 1883,
+            Some(p) if p.v == 0 => return Err(p.bad("must be from 1 to 65535")),
+            Some(p) => p.v,
+        };
+        let client_id = match pick("id", args.id.clone(), file.id.clone()) {
+            None => {
+                let base = format!("frameflush-{}", hostname());
+                if target.sync_mask == DEFAULT_SYNC_MASK {
+                    base
+                } else {
+                    // Two destinations on one broker must not kick each other off.
+                    format!("{base}-{}", target.sync_mask)
+                }
+            }
+            Some(id) => {
+                if id.v.is_empty() || id.v.len() > 65_535 || id.v.contains('\0') {
+                    return Err(id.bad("must be 1 to 65535 bytes without NUL"));
+                }
+                id.v
+            }
+        };
+        let username = match pick(
+            "username",
+            args.username.clone().or(au_user),
+            file.username.clone().or(fu_user),
+        ) {
+            None => None,
+            Some(u) if u.v.is_empty() || u.v.len() > 65_535 || u.v.contains('\0') => {
+                return Err(u.bad("must be 1 to 65535 bytes without NUL"));
+            }
+            Some(u) => Some(u.v),
+        };
+        let password = match pick("pw-file", args.pw_file.clone(), file.pw_file.clone()) {
+            Some(f) if f.v.is_empty() => return Err(f.bad("is empty: give the password file")),
+            Some(f) => Some(read_password_file(Path::new(&f.v))?),
+            None => match env(PASSWORD_ENV) {
+                None => None,
+                Some(p) => match p.into_string() {
+                    Ok(p) => Some(Secret(p)),
+                    Err(_) => {
+                        return Err(Error::config(format!("{PASSWORD_ENV} is not valid UTF-8")));
+                    }
+                },
+            },
+        };
+        if let Some(p) = &password {
+            if p.0.len() > 65_535 {
+                return Err(Error::config(
+                    "the password is longer than MQTT allows (65535 bytes)",
+                ));
+            }
+            if username.is_none() {
+                return Err(Error::config(
+                    "a password is set but no user name: MQTT sends a password only with --username",
+                ));
+            }
+        }
+        let keepalive = match pick("keepalive", args.keepalive, file.keepalive) {
+            None => Duration::from_secs(60),
+            Some(k) if k.v != 0 && k.v < 5 => {
+                return Err(k.bad("must be 0 (none) or from 5 to 65535 seconds"));
+            }
+            Some(k) => Duration::from_secs(u64::from(k.v)),
+        };
+        let connect_timeout = seconds(
+            pick(
+                "connect-timeout",
+                args.connect_timeout,
+                file.connect_timeout,
+            ),
+            10.0,
+            false,
+        )?;
+
+        let topic = match pick(
+            "topic",
+            args.topic.clone().or(au_topic),
+            file.topic.clone().or(fu_topic),
+        ) {
+            None => Template::parse(DEFAULT_TOPIC).map_err(|e| Error::new(Exit::Config, e))?,
+            Some(t) => {
+                Template::parse(&t.v).map_err(|why| t.bad(format_args!("{:?}: {why}", t.v)))?
+            }
+        };
+        let payload = match pick("payload", args.payload.clone(), file.payload.clone()) {
+            None => PayloadFormat::Json,
+            Some(p) => match p.v.as_str() {
+                "json" => PayloadFormat::Json,
+                "value" => PayloadFormat::Value,
+                other => return Err(p.bad(format_args!("must be json or value, not {other:?}"))),
+            },
+        };
+        let batch = match pick("batch", args.batch, file.batch) {
+            None => 500,
+            Some(b) if b.v == 0 || b.v > 1_000_000 => {
+                return Err(b.bad("must be from 1 to 1000000"));
+            }
+            Some(b) => b.v as usize,
+        };
+        let inflight = match pick("inflight", args.inflight, file.inflight) {
+            None => 100,
+            Some(i) if i.v == 0 => return Err(i.bad("must be from 1 to 65535")),
+            Some(i) => i.v,
+        };
+        let limit = match pick("limit", args.limit, file.limit) {
+            None => None,
+            Some(l) if l.v == 0 => return Err(l.bad("must be at least 1")),
+            Some(l) => Some(l.v),
+        };
+        let max_time = seconds(pick("max-time", args.max_time, file.max_time), 50.0, false)?;
+        let ack_timeout = seconds(
+            pick("ack-timeout", args.ack_timeout, file.ack_timeout),
+            10.0,
+            false,
+        )?;
+        let max_payload = match pick("max-payload", args.max_payload, file.max_payload) {
+            None => 131_072,
+            Some(m) if m.v == 0 || m.v > 268_435_455 - 65_545 => {
+                return Err(m.bad("must be from 1 to 268369910 bytes"));
+            }
+            Some(m) => m.v as usize,
+        };
+        let flag = |cli: bool, file: Option<bool>| cli || file.unwrap_or(false);
+        Ok(Config {
+            target,
+            broker: Broker {
+                host,
+                port,
+                client_id,
+                username,
+                password,
+                keepalive,
+                connect_timeout,
+            },
+            topic,
+            payload,
+            batch,
+            inflight,
+            limit,
+            max_time,
+            ack_timeout,
+            max_payload,
+            dry_run: flag(args.dry_run, file.dry_run),
+            json: flag(args.json, file.json),
+            log: Log {
+                verbose: flag(args.verbose, file.verbose) || flag(args.debug, file.debug),
+                debug: flag(args.debug, file.debug),
+                quiet: flag(args.quiet, file.quiet),
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<std::ffi::OsString> {
+        None
+    }
+
+    fn args(db: &str) -> FlushArgs {
+        FlushArgs {
+            db: Some(db.into()),
+            ..FlushArgs::default()
+        }
+    }
+
+    #[test]
+    fn urls_split_into_host_port_user_and_topic() {
+        assert_eq!(
+            parse_url("mqtt://alice@broker.example:8884/a/b"),
+            Ok(Url {
+                host: "broker.example".into(),
+                port: Some(8884),
+                username: Some("alice".into()),
+                topic: Some("a/b".into())
+            })
+        );
+        assert_eq!(
+            parse_url("mqtt://[::1]:1884").map(|u| (u.host, u.port)),
+            Ok(("::1".into(), Some(1884)))
+        );
+        assert_eq!(parse_url("tcp://h").map(|u| u.port), Ok(None));
+        for bad in [
+            "http://h",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:99999",
+            "mqtt://u:pw@h",
+            "mqtt://[::1",
+            "h:1883",
+        ] {
+            assert!(parse_url(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn a_bad_flag_value_is_a_usage_error_and_a_bad_file_value_a_config_error() {
+        let mut a = args("x.db");
+        a.inflight = Some(0);
+        assert_eq!(
+            Config::build(&a, &no_env).map(|_| ()).unwrap_err().exit,
+            Exit::Usage
+        );
+        a.inflight = None;
+        a.sync_mask = Some(3);
+        let e = Config::build(&a, &no_env).map(|_| ()).unwrap_err();
+        assert_eq!(e.exit, Exit::Usage);
+        assert!(e.message.contains("--sync-mask"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_password_needs_a_user_name_and_never_prints() {
+        let env = |k: &str| (k == PASSWORD_ENV).then(|| "s3cret".into());
+        let e = Config::build(&args("x.db"), &env).map(|_| ()).unwrap_err();
+        assert_eq!(e.exit, Exit::Config);
+        let mut a = args("x.db");
+        a.username = Some("u".into());
+        let c = Config::build(&a, &env).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
+        assert_eq!(
+            c.broker.password.as_ref().map(Secret::expose),
+            Some("s3cret")
+        );
+    }
+
+    #[test]
+    fn the_default_client_id_names_the_host_and_a_non_default_mask() {
+        let c = Config::build(&args("x.db"), &no_env).unwrap();
+        assert_eq!(c.broker.client_id, format!("frameflush-{}", hostname()));
+        let mut a = args("x.db");
+        a.sync_mask = Some(128);
+        let c = Config::build(&a, &no_env).unwrap();
+        assert_eq!(c.broker.client_id, format!("frameflush-{}-128", hostname()));
+    }
+}

@@ -1,0 +1,560 @@
+//! The SQLite side: opening and checking the database, selecting unsent
+//! rows, marking acknowledged ones, and the tables and index frameflush owns.
+//!
+//! The contract with the producer (Meshlium's parser or any other process
+//! that inserts into `sensorParser`): a row is unsent for a destination
+//! while `sync & MASK = 0`; frameflush sets that bit (`sync = sync | MASK`)
+//! and touches nothing else of the producer's table. It adds a partial index
+//! per mask, `frameflush_unsent_MASK` on `id WHERE (sync & MASK) = 0`, so
+//! that finding unsent rows costs the same on ten million sent rows as on
+//! none, and a table `frameflush_runs` with the start and outcome of the
+//! last run that had something to send. Writes are short IMMEDIATE
+//! transactions: a concurrent writer waits (busy timeout) instead of
+//! failing, and no write lock is ever held while waiting on the network.
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+
+use crate::config::{Target, io_reason};
+use crate::error::{Error, Exit, Result};
+use crate::row::{Field, Row};
+
+/// Meshlium's table as SQLite spells it.
+pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS sensorParser (
+  id           INTEGER PRIMARY KEY AUTOINCREMENT,
+  id_wasp      TEXT NOT NULL,
+  id_secret    TEXT,
+  frame_type   INTEGER,
+  frame_number INTEGER,
+  sensor       TEXT NOT NULL,
+  value        TEXT,
+  timestamp    TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+  sync         INTEGER NOT NULL DEFAULT 0,
+  raw          TEXT,
+  parser_type  INTEGER NOT NULL DEFAULT 0)";
+
+/// The columns frameflush reads or writes; a table without one of them is
+/// refused before anything is sent.
+const REQUIRED_COLUMNS: [&str; 9] = [
+    "id",
+    "id_wasp",
+    "id_secret",
+    "frame_type",
+    "frame_number",
+    "sensor",
+    "value",
+    "timestamp",
+    "sync",
+];
+
+const SELECT_COLUMNS: &str =
+    "id, id_wasp, id_secret, frame_type, frame_number, sensor, value, timestamp";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// flush: reads and marks; the file must be writable.
+    ReadWrite,
+    /// status, dry runs: reads only, creates nothing.
+    ReadOnly,
+}
+
+pub struct Db {
+    conn: Connection,
+    mask: i64,
+    path: String,
+    busy_secs: f64,
+    /// The partial index of this mask exists: selections can use it.
+    indexed: bool,
+}
+
+/// What `status` reports.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub sync_mask: i64,
+    pub unsent: u64,
+    pub oldest_unsent: Option<String>,
+    pub total: u64,
+    pub last_run: Option<LastRun>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LastRun {
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i64>,
+    pub rows_marked: i64,
+}
+
+fn index_name(mask: i64) -> String {
+    format!("frameflush_unsent_{mask}")
+}
+
+impl Db {
+    /// Opens an existing database and checks its table. A missing file or
+    /// table is exit 66; a file SQLite cannot use, or (in ReadWrite) cannot
+    /// write, is 74.
+    pub fn open(target: &Target, mode: Mode) -> Result<Db> {
+        let path = target.db.display().to_string();
+        match std::fs::metadata(&target.db) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::new(
+                    Exit::NoInput,
+                    format!(
+                        "database {path} does not exist (create it with `frameflush init --db {path}`)"
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(Error::new(
+                    Exit::IoErr,
+                    format!("cannot read database {path}: {}", io_reason(&e)),
+                ));
+            }
+            Ok(m) if !m.is_file() => {
+                return Err(Error::new(
+                    Exit::IoErr,
+                    format!("database {path} is not a regular file"),
+                ));
+            }
+            Ok(_) => {}
+        }
+        let flags = match mode {
+            Mode::ReadWrite => OpenFlags::SQLITE_OPEN_READ_WRITE,
+            Mode::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
+        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&target.db, flags)
+            .map_err(|e| db_error(&path, "open", e, 0.0))?;
+        Db::checked(conn, target, mode)
+    }
+
+    /// Creates the database file if needed, the table if missing, and the
+    /// mask's index: `frameflush init`.
+    pub fn init(target: &Target) -> Result<Db> {
+        let path = target.db.display().to_string();
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&target.db, flags)
+            .map_err(|e| db_error(&path, "create", e, 0.0))?;
+        conn.busy_timeout(target.busy_timeout)
+            .map_err(|e| db_error(&path, "open", e, 0.0))?;
+        let busy = target.busy_timeout.as_secs_f64();
+        conn.execute_batch(CREATE_TABLE)
+            .map_err(|e| db_error(&path, "create the table in", e, busy))?;
+        let mut db = Db::checked(conn, target, Mode::ReadWrite)?;
+        db.ensure_index()?;
+        Ok(db)
+    }
+
+    fn checked(conn: Connection, target: &Target, mode: Mode) -> Result<Db> {
+        let path = target.db.display().to_string();
+        let busy_secs = target.busy_timeout.as_secs_f64();
+        conn.busy_timeout(target.busy_timeout)
+            .map_err(|e| db_error(&path, "open", e, 0.0))?;
+        let mut db = Db {
+            conn,
+            mask: target.sync_mask,
+            path,
+            busy_secs,
+            indexed: false,
+        };
+        db.check_table()?;
+        if mode == Mode::ReadWrite && db.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+            return Err(Error::new(
+                Exit::IoErr,
+                format!(
+                    "database {} is read-only: frameflush must be able to mark the rows it sends",
+                    db.path
+                ),
+            ));
+        }
+        db.indexed = db
+            .conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1",
+                [index_name(db.mask)],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(|e| db.error("read the schema of", e))?
+            .is_some();
+        Ok(db)
+    }
+
+    fn error(&self, what: &str, e: rusqlite::Error) -> Error {
+        db_error(&self.path, what, e, self.busy_secs)
+    }
+
+    fn check_table(&self) -> Result<()> {
+        let mut columns = Vec::new();
+        {
+            let mut st = self
+                .conn
+                .prepare("SELECT name FROM pragma_table_info('sensorParser')")
+                .map_err(|e| self.error("read", e))?;
+            let mut rows = st.query([]).map_err(|e| self.error("read", e))?;
+            while let Some(r) = rows.next().map_err(|e| self.error("read", e))? {
+                let name: String = r.get(0).map_err(|e| self.error("read", e))?;
+                columns.push(name.to_ascii_lowercase());
+            }
+        }
+        if columns.is_empty() {
+            return Err(Error::new(
+                Exit::NoInput,
+                format!(
+                    "database {} has no sensorParser table (create it with `frameflush init`)",
+                    self.path
+                ),
+            ));
+        }
+        let missing: Vec<&str> = REQUIRED_COLUMNS
+            .iter()
+            .copied()
+            .filter(|c| !columns.iter().any(|have| have == c))
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::new(
+                Exit::NoInput,
+                format!(
+                    "table sensorParser in {} lacks the column(s) {}",
+                    self.path,
+                    missing.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Adds this mask's partial index when missing (once, on a table of any
+    /// size: one pass over it).
+    pub fn ensure_index(&mut self) -> Result<()> {
+        if self.indexed {
+            return Ok(());
+        }
+        let sql = format!(
+            "CREATE INDEX IF NOT EXISTS {} ON sensorParser(id) WHERE (sync & {}) = 0",
+            index_name(self.mask),
+            self.mask
+        );
+        self.conn
+            .execute_batch(&sql)
+            .map_err(|e| self.error("add an index to", e))?;
+        self.indexed = true;
+        Ok(())
+    }
+
+    /// Up to `limit` unsent rows with `id > after`, oldest first. The
+    /// statement is finished before this returns: nothing stays open while
+    /// the rows are published.
+    pub fn select_unsent(&self, after: i64, limit: usize) -> Result<Vec<Row>> {
+        let indexed_by = if self.indexed {
+            format!("INDEXED BY {}", index_name(self.mask))
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "SELECT {SELECT_COLUMNS} FROM sensorParser {indexed_by} WHERE (sync & {}) = 0 AND id > ?1 ORDER BY id LIMIT ?2",
+            self.mask
+        );
+        let mut st = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(|e| self.error("read", e))?;
+        let mut rows = st
+            .query(params![after, limit as i64])
+            .map_err(|e| self.error("read", e))?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        while let Some(r) = rows.next().map_err(|e| self.error("read", e))? {
+            let mut fields: [Field; 8] = Default::default();
+            for (i, f) in fields.iter_mut().enumerate() {
+                *f = field(r.get_ref(i).map_err(|e| self.error("read", e))?);
+            }
+            let Field::Int(id) = fields[0] else {
+                // id is the rowid alias in Meshlium's table; anything else
+                // cannot be marked reliably.
+                return Err(Error::new(
+                    Exit::NoInput,
+                    format!(
+                        "table sensorParser in {} has a row whose id is not an integer",
+                        self.path
+                    ),
+                ));
+            };
+            out.push(Row { id, fields });
+        }
+        Ok(out)
+    }
+
+    /// Sets this mask's bit on the given rows in one IMMEDIATE transaction.
+    /// Returns how many rows were updated (a row deleted meanwhile is not).
+    pub fn mark(&mut self, ids: &[i64]) -> Result<usize> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| db_error(&self.path, "mark rows in", e, self.busy_secs))?;
+        let mut n = 0;
+        {
+            let mut st = tx
+                .prepare_cached("UPDATE sensorParser SET sync = sync | ?1 WHERE id = ?2")
+                .map_err(|e| db_error(&self.path, "mark rows in", e, self.busy_secs))?;
+            for id in ids {
+                n += st
+                    .execute(params![self.mask, id])
+                    .map_err(|e| db_error(&self.path, "mark rows in", e, self.busy_secs))?;
+            }
+        }
+        tx.commit()
+            .map_err(|e| db_error(&self.path, "mark rows in", e, self.busy_secs))?;
+        Ok(n)
+    }
+
+    /// Records that a run with something to send started. It is also the
+    /// proof, before anything is published, that the database takes writes
+    /// (journal, directory, disk space).
+    pub fn begin_run(&mut self) -> Result<()> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| db_error(&self.path, "write to", e, self.busy_secs))?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS frameflush_runs (
+               sync_mask   INTEGER PRIMARY KEY,
+               started_at  TEXT NOT NULL,
+               finished_at TEXT,
+               exit_code   INTEGER,
+               rows_marked INTEGER NOT NULL DEFAULT 0)",
+        )
+        .and_then(|()| {
+            tx.execute(
+                "INSERT INTO frameflush_runs (sync_mask, started_at) VALUES (?1, datetime('now'))
+                 ON CONFLICT(sync_mask) DO UPDATE SET started_at = excluded.started_at,
+                   finished_at = NULL, exit_code = NULL, rows_marked = 0",
+                [self.mask],
+            )
+        })
+        .and_then(|_| tx.commit())
+        .map_err(|e| db_error(&self.path, "write to", e, self.busy_secs))
+    }
+
+    /// Records the outcome of the run `begin_run` started.
+    pub fn end_run(&mut self, exit: Exit, marked: u64) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE frameflush_runs SET finished_at = datetime('now'), exit_code = ?2, rows_marked = ?3
+                 WHERE sync_mask = ?1",
+                params![self.mask, exit.code(), marked as i64],
+            )
+            .map(|_| ())
+            .map_err(|e| self.error("write to", e))
+    }
+
+    /// Rows unsent for this mask now.
+    pub fn backlog(&self) -> Result<u64> {
+        let indexed_by = if self.indexed {
+            format!("INDEXED BY {}", index_name(self.mask))
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "SELECT count(*) FROM sensorParser {indexed_by} WHERE (sync & {}) = 0",
+            self.mask
+        );
+        self.conn
+            .query_row(&sql, [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.error("read", e))
+    }
+
+    pub fn status(&self) -> Result<Status> {
+        let unsent = self.backlog()?;
+        let indexed_by = if self.indexed {
+            format!("INDEXED BY {}", index_name(self.mask))
+        } else {
+            String::new()
+        };
+        let oldest_sql = format!(
+            "SELECT min(timestamp) FROM sensorParser {indexed_by} WHERE (sync & {}) = 0",
+            self.mask
+        );
+        let oldest_unsent: Option<String> = self
+            .conn
+            .query_row(&oldest_sql, [], |r| {
+                Ok(match r.get_ref(0)? {
+                    rusqlite::types::ValueRef::Null => None,
+                    v => Some(match field(v) {
+                        Field::Text(s) => s,
+                        Field::Int(n) => n.to_string(),
+                        Field::Real(x) => x.to_string(),
+                        _ => "?".to_string(),
+                    }),
+                })
+            })
+            .map_err(|e| self.error("read", e))?;
+        let total = self
+            .conn
+            .query_row("SELECT count(*) FROM sensorParser", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map_err(|e| self.error("read", e))? as u64;
+        let has_runs = self
+            .conn
+            .query_row(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'frameflush_runs'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()
+            .map_err(|e| self.error("read", e))?
+            .is_some();
+        let last_run = if has_runs {
+            self.conn
+                .query_row(
+                    "SELECT started_at, finished_at, exit_code, rows_marked FROM frameflush_runs WHERE sync_mask = ?1",
+                    [self.mask],
+                    |r| Ok(LastRun { started_at: r.get(0)?, finished_at: r.get(1)?, exit_code: r.get(2)?, rows_marked: r.get(3)? }),
+                )
+                .optional()
+                .map_err(|e| self.error("read", e))?
+        } else {
+            None
+        };
+        Ok(Status {
+            sync_mask: self.mask,
+            unsent,
+            oldest_unsent,
+            total,
+            last_run,
+        })
+    }
+
+    /// The query plan of the unsent-row selection, for tests and `-d`.
+    pub fn selection_plan(&self) -> Result<String> {
+        let indexed_by = if self.indexed {
+            format!("INDEXED BY {}", index_name(self.mask))
+        } else {
+            String::new()
+        };
+        let sql = format!(
+            "EXPLAIN QUERY PLAN SELECT {SELECT_COLUMNS} FROM sensorParser {indexed_by} WHERE (sync & {}) = 0 AND id > 0 ORDER BY id LIMIT 10",
+            self.mask
+        );
+        let mut st = self.conn.prepare(&sql).map_err(|e| self.error("read", e))?;
+        let details: Vec<String> = st
+            .query_map([], |r| r.get::<_, String>(3))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.error("read", e))?;
+        Ok(details.join("; "))
+    }
+}
+
+fn field(v: rusqlite::types::ValueRef<'_>) -> Field {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => Field::Null,
+        ValueRef::Integer(n) => Field::Int(n),
+        ValueRef::Real(x) => Field::Real(x),
+        ValueRef::Text(b) => match std::str::from_utf8(b) {
+            Ok(s) => Field::Text(s.to_string()),
+            Err(_) => Field::NotUtf8,
+        },
+        ValueRef::Blob(b) => Field::Blob(b.len()),
+    }
+}
+
+/// An SQLite failure as one line and its exit status: a lock held past the
+/// busy timeout is temporary (75); anything else about the file is 74.
+pub fn db_error(path: &str, what: &str, e: rusqlite::Error, busy_secs: f64) -> Error {
+    let code = e.sqlite_error_code();
+    let detail = match &e {
+        rusqlite::Error::SqliteFailure(err, Some(msg)) => format!("{msg} ({:?})", err.code),
+        other => other.to_string(),
+    };
+    match code {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::new(
+            Exit::TempFail,
+            format!(
+                "database {path} is locked by another process (waited {busy_secs} s): {detail}"
+            ),
+        ),
+        Some(ErrorCode::NotADatabase) => {
+            Error::new(Exit::IoErr, format!("{path} is not an SQLite database"))
+        }
+        Some(ErrorCode::DatabaseCorrupt) => {
+            Error::new(Exit::IoErr, format!("database {path} is corrupt: {detail}"))
+        }
+        Some(ErrorCode::ReadOnly) => Error::new(
+            Exit::IoErr,
+            format!(
+                "cannot {what} database {path}: it is read-only ({detail}); check the file's and its directory's permissions"
+            ),
+        ),
+        Some(ErrorCode::DiskFull) => Error::new(
+            Exit::IoErr,
+            format!("cannot {what} database {path}: the disk is full"),
+        ),
+        _ => Error::new(
+            Exit::IoErr,
+            format!("cannot {what} database {path}: {detail}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::time::Duration;
+
+    fn target(dir: &Path, mask: i64) -> Target {
+        Target {
+            db: dir.join("t.db"),
+            sync_mask: mask,
+            busy_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn tempdir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("frameflush-unit-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn the_selection_of_unsent_rows_uses_the_partial_index_not_a_table_scan() {
+        let d = tempdir("plan");
+        let db = Db::init(&target(&d, 64)).unwrap();
+        let plan = db.selection_plan().unwrap();
+        assert!(plan.contains("USING INDEX frameflush_unsent_64"), "{plan}");
+        assert!(!plan.contains("SCAN"), "{plan}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn marking_sets_only_this_masks_bit_and_leaves_the_others() {
+        let d = tempdir("mark");
+        let mut db = Db::init(&target(&d, 64)).unwrap();
+        db.conn
+            .execute_batch(
+                "INSERT INTO sensorParser (id_wasp, sensor, value, sync) VALUES ('n', 'TC', '1', 0), ('n', 'TC', '2', 5), ('n', 'TC', '3', 64)",
+            )
+            .unwrap();
+        let rows = db.select_unsent(0, 10).unwrap();
+        assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(db.mark(&[1, 2]).unwrap(), 2);
+        let syncs: Vec<i64> = db
+            .conn
+            .prepare("SELECT sync FROM sensorParser ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(syncs, vec![64, 69, 64]);
+        assert!(db.select_unsent(0, 10).unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+}

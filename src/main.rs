@@ -1,0 +1,147 @@
+//! frameflush: flush unsent sensor rows from a gateway's SQLite database to
+//! an MQTT broker at QoS 1, marking each row sent only after its PUBACK.
+//!
+//! `main` stays thin: parse the command line, build the validated
+//! configuration, run the command, print the one error line and exit with
+//! its status. The map of the rest: `cli` (syntax) → `config` (meaning) →
+//! `run` (one flush: `lock`, `db`, `template` over `row`, `publish`);
+//! `error` holds the one error type and the exit statuses.
+
+mod cli;
+mod config;
+mod db;
+mod error;
+mod lock;
+mod publish;
+mod row;
+mod run;
+mod template;
+
+use std::process::ExitCode;
+
+use argh::FromArgs;
+
+use crate::cli::{Cli, Command};
+use crate::config::{Config, Target};
+use crate::db::{Db, Mode};
+use crate::error::{Exit, Result};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = match std::env::args_os().map(|a| a.into_string()).collect() {
+        Ok(args) => args,
+        Err(bad) => {
+            eprintln!("frameflush: error: argument {bad:?} is not valid UTF-8");
+            return ExitCode::from(Exit::Usage.code());
+        }
+    };
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    if rest == ["--version"] || rest == ["-V"] {
+        println!("frameflush {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
+    let cli = match Cli::from_args(&["frameflush"], &rest) {
+        Ok(cli) => cli,
+        Err(early) => {
+            return match early.status {
+                Ok(()) => {
+                    println!("{}", early.output.trim_end());
+                    ExitCode::SUCCESS
+                }
+                Err(()) => {
+                    let why: Vec<&str> = early.output.split_whitespace().collect();
+                    eprintln!(
+                        "frameflush: error: {} (see `frameflush --help`)",
+                        why.join(" ")
+                    );
+                    ExitCode::from(Exit::Usage.code())
+                }
+            };
+        }
+    };
+    let quiet = matches!(&cli.command, Command::Flush(a) if a.quiet);
+    match run(cli) {
+        Ok(code) => ExitCode::from(code.code()),
+        Err(e) => {
+            if !quiet {
+                eprintln!("frameflush: error: {e}");
+            }
+            ExitCode::from(e.exit.code())
+        }
+    }
+}
+
+/// Runs the command. A flush reports its own outcome (summary and status);
+/// other commands succeed or fail with one error.
+fn run(cli: Cli) -> Result<Exit> {
+    match cli.command {
+        Command::Flush(args) => {
+            let env = |k: &str| std::env::var_os(k);
+            let cfg = match Config::build(&args, &env) {
+                Ok(cfg) => cfg,
+                Err(e) => {
+                    if args.json {
+                        print_json(&run::Summary {
+                            exit_code: e.exit.code(),
+                            error: Some(e.message.clone()),
+                            ..Default::default()
+                        });
+                    }
+                    return Err(e);
+                }
+            };
+            let (summary, error) = run::flush(&cfg);
+            if cfg.json {
+                print_json(&summary);
+            }
+            match error {
+                Some(e) => Err(e),
+                None => Ok(run::exit_status(&summary, None)),
+            }
+        }
+        Command::Init(args) => {
+            let target = Target::for_init(&args)?;
+            Db::init(&target)?;
+            Ok(Exit::Ok)
+        }
+        Command::Status(args) => {
+            let target = Target::for_status(&args)?;
+            let db = Db::open(&target, Mode::ReadOnly)?;
+            let status = db.status()?;
+            if args.json {
+                print_json(&status);
+            } else {
+                println!(
+                    "unsent:        {} (sync mask {})",
+                    status.unsent, status.sync_mask
+                );
+                println!(
+                    "oldest unsent: {}",
+                    status.oldest_unsent.as_deref().unwrap_or("-")
+                );
+                println!("total rows:    {}", status.total);
+                match &status.last_run {
+                    Some(r) => println!(
+                        "last run:      started {}, {}",
+                        r.started_at,
+                        match (&r.finished_at, r.exit_code) {
+                            (Some(f), Some(code)) => format!(
+                                "finished {f}, exit {code}, {} row(s) marked",
+                                r.rows_marked
+                            ),
+                            _ => "not finished (running, or killed)".to_string(),
+                        }
+                    ),
+                    None => println!("last run:      - (none with rows to send yet)"),
+                }
+            }
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("frameflush: error: cannot write the JSON summary: {e}"),
+    }
+}

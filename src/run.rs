@@ -1,0 +1,358 @@
+//! One flush run, start to end: lock, open, select, publish, mark, report.
+//!
+//! The order is what keeps readings safe. The lock comes first, then the
+//! database is opened and checked; a run with nothing to send stops there,
+//! before any write or network traffic. With something to send, a write to
+//! frameflush's own table proves the database takes writes before the
+//! broker is contacted. Rows are read in chunks of `--batch`, published in a
+//! window of `--inflight`, and marked in short transactions as their PUBACKs
+//! arrive; anything not acknowledged stays unsent. The [`Summary`] counts
+//! what happened, for `--json` and for the exit status.
+
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::{Config, Log};
+use crate::db::{Db, Mode};
+use crate::error::{Error, Exit, Result};
+use crate::lock::RunLock;
+use crate::publish::{Polled, Session};
+use crate::row::Row;
+
+/// At most this many rows that cannot become a message are named on stderr
+/// per run; the rest are counted.
+const MAX_ROW_ERRORS_SHOWN: u64 = 10;
+/// Acknowledged rows are marked at least this often, however slow the link.
+const MARK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What a run did: printed by `--json`, one object, failed runs too.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub selected: u64,
+    pub published: u64,
+    pub acknowledged: u64,
+    pub marked: u64,
+    pub failed: u64,
+    /// Selected by this run and still unsent at its end.
+    pub unsent: u64,
+    /// Unsent rows for this mask in the database at the end, when known.
+    pub backlog: Option<u64>,
+    pub elapsed_ms: u64,
+    pub exit_code: u8,
+    pub error: Option<String>,
+    pub dry_run: bool,
+}
+
+/// A message ready to go: the row it comes from, its topic and payload.
+struct Message {
+    row: i64,
+    topic: String,
+    payload: Vec<u8>,
+}
+
+/// Runs `flush` as configured. Always returns the summary; the error, if
+/// any, decides the exit status together with `summary.failed`.
+pub fn flush(cfg: &Config) -> (Summary, Option<Error>) {
+    let start = Instant::now();
+    let mut summary = Summary {
+        dry_run: cfg.dry_run,
+        ..Summary::default()
+    };
+    let result = if cfg.dry_run {
+        dry_run(cfg, &mut summary)
+    } else {
+        publish_run(cfg, &mut summary, start)
+    };
+    let error = result.err();
+    summary.unsent = summary.selected - summary.marked;
+    summary.elapsed_ms = start.elapsed().as_millis() as u64;
+    summary.exit_code = exit_status(&summary, error.as_ref()).code();
+    summary.error = error.as_ref().map(|e| e.message.clone());
+    (summary, error)
+}
+
+/// An error's status wins; otherwise rows that could not be made into
+/// messages give 65.
+pub fn exit_status(summary: &Summary, error: Option<&Error>) -> Exit {
+    match error {
+        Some(e) => e.exit,
+        None if summary.failed > 0 => Exit::DataErr,
+        None => Exit::Ok,
+    }
+}
+
+/// Chunk size for the next SELECT, within `--batch` and what `--limit`
+/// leaves.
+fn next_chunk(cfg: &Config, selected: u64) -> usize {
+    match cfg.limit {
+        Some(limit) => (limit.saturating_sub(selected)).min(cfg.batch as u64) as usize,
+        None => cfg.batch,
+    }
+}
+
+/// Renders rows into messages; rows that cannot become one are counted and
+/// named on stderr, and stay unsent.
+fn render(cfg: &Config, rows: Vec<Row>, summary: &mut Summary, out: &mut VecDeque<Message>) {
+    for row in rows {
+        let made = cfg.topic.render(&row).and_then(|topic| {
+            let payload = cfg.payload.render(&row)?;
+            if payload.len() > cfg.max_payload {
+                return Err(crate::template::RowError(format!(
+                    "payload of {} bytes exceeds --max-payload {}",
+                    payload.len(),
+                    cfg.max_payload
+                )));
+            }
+            Ok(Message {
+                row: row.id,
+                topic,
+                payload,
+            })
+        });
+        match made {
+            Ok(m) => out.push_back(m),
+            Err(why) => {
+                summary.failed += 1;
+                if !cfg.log.quiet && summary.failed <= MAX_ROW_ERRORS_SHOWN {
+                    eprintln!("frameflush: row {} not sent: {why}", row.id);
+                }
+            }
+        }
+    }
+}
+
+fn dry_run(cfg: &Config, summary: &mut Summary) -> Result<()> {
+    let db = Db::open(&cfg.target, Mode::ReadOnly)?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut after = 0;
+    let mut queue = VecDeque::new();
+    loop {
+        let want = next_chunk(cfg, summary.selected);
+        if want == 0 {
+            break;
+        }
+        let rows = db.select_unsent(after, want)?;
+        let got = rows.len();
+        summary.selected += got as u64;
+        if let Some(last) = rows.last() {
+            after = last.id;
+        }
+        render(cfg, rows, summary, &mut queue);
+        for m in queue.drain(..) {
+            let written = out
+                .write_all(m.topic.as_bytes())
+                .and_then(|()| out.write_all(b"\t"))
+                .and_then(|()| out.write_all(&m.payload))
+                .and_then(|()| out.write_all(b"\n"));
+            written.map_err(|e| Error::new(Exit::IoErr, format!("cannot write to stdout: {e}")))?;
+        }
+        if got < want {
+            break;
+        }
+    }
+    out.flush()
+        .map_err(|e| Error::new(Exit::IoErr, format!("cannot write to stdout: {e}")))?;
+    if cfg.json {
+        summary.backlog = db.backlog().ok();
+    }
+    Ok(())
+}
+
+fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()> {
+    let _lock = RunLock::acquire(&cfg.target.lock_path())?;
+    let mut db = Db::open(&cfg.target, Mode::ReadWrite)?;
+    db.ensure_index()?;
+    if cfg.log.debug {
+        eprintln!("frameflush: query plan: {}", db.selection_plan()?);
+    }
+    let want = next_chunk(cfg, 0);
+    let first = db.select_unsent(0, want)?;
+    if first.is_empty() {
+        if cfg.json {
+            summary.backlog = Some(0);
+        }
+        return Ok(());
+    }
+    db.begin_run()?;
+    let result = drain(cfg, &mut db, first, want, summary, start);
+    let exit = exit_status(summary, result.as_ref().err());
+    if let Err(e) = db.end_run(exit, summary.marked)
+        && cfg.log.verbose
+    {
+        eprintln!("frameflush: could not record the run's outcome: {e}");
+    }
+    if cfg.json {
+        summary.backlog = db.backlog().ok();
+    }
+    result
+}
+
+/// The publishing loop: keeps the window full, marks acks as they come,
+/// stops at the first connection error, at the deadline or when drained.
+fn drain(
+    cfg: &Config,
+    db: &mut Db,
+    first: Vec<Row>,
+    want: usize,
+    summary: &mut Summary,
+    start: Instant,
+) -> Result<()> {
+    let log = cfg.log;
+    let publish_deadline = start + cfg.max_time;
+    let mut queue = VecDeque::with_capacity(first.len());
+    let mut more = first.len() == want;
+    let mut after = first.last().map_or(0, |r| r.id);
+    summary.selected += first.len() as u64;
+    chunk_log(log, summary, first.len());
+    render(cfg, first, summary, &mut queue);
+    if queue.is_empty() && !more {
+        return Ok(());
+    }
+
+    let mut session = Session::connect(&cfg.broker, cfg.inflight, cfg.max_payload, log)?;
+    let window = usize::from(cfg.inflight);
+    let mut acked: Vec<i64> = Vec::with_capacity(cfg.batch.min(window.max(64) * 4));
+    let mut oldest_unmarked_ack: Option<Instant> = None;
+    let mut last_progress = Instant::now();
+    let mut failure: Option<Error> = None;
+
+    loop {
+        let now = Instant::now();
+        let publishing = now < publish_deadline;
+        // Refill from the database once the current chunk has gone out.
+        if publishing && queue.is_empty() && more {
+            let want = next_chunk(cfg, summary.selected);
+            if want == 0 {
+                more = false;
+            } else {
+                match db.select_unsent(after, want) {
+                    Ok(rows) => {
+                        more = rows.len() == want;
+                        if let Some(last) = rows.last() {
+                            after = last.id;
+                        }
+                        summary.selected += rows.len() as u64;
+                        chunk_log(log, summary, rows.len());
+                        render(cfg, rows, summary, &mut queue);
+                    }
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        // Fill the window.
+        while publishing && session.in_flight() < window {
+            let Some(m) = queue.pop_front() else { break };
+            if session.in_flight() == 0 {
+                last_progress = now;
+            }
+            if let Err(e) = session.publish(m.row, m.topic, m.payload) {
+                failure = Some(e);
+                break;
+            }
+            summary.published += 1;
+        }
+        if failure.is_some() {
+            break;
+        }
+        let nothing_left = queue.is_empty() && !more;
+        if session.in_flight() == 0 && (nothing_left || !publishing) {
+            break;
+        }
+        // Wait for the broker, at most until the next deadline.
+        let ack_deadline = if publishing {
+            last_progress + cfg.ack_timeout
+        } else {
+            (last_progress + cfg.ack_timeout).min(publish_deadline + cfg.ack_timeout)
+        };
+        let mut wake = ack_deadline;
+        if publishing && !queue.is_empty() {
+            wake = wake.min(publish_deadline);
+        }
+        if let Some(t) = oldest_unmarked_ack {
+            wake = wake.min(t + MARK_INTERVAL);
+        }
+        match session.poll(wake.saturating_duration_since(Instant::now())) {
+            Ok(Polled::Acked(row)) => {
+                summary.acknowledged += 1;
+                last_progress = Instant::now();
+                acked.push(row);
+                oldest_unmarked_ack.get_or_insert(last_progress);
+            }
+            Ok(Polled::Other) => {}
+            Ok(Polled::Idle) => {
+                if session.in_flight() > 0 && Instant::now() >= ack_deadline {
+                    failure = Some(Error::new(
+                        Exit::TempFail,
+                        format!(
+                            "{} PUBLISH(es) not acknowledged within --ack-timeout {} s; they stay unsent",
+                            session.in_flight(),
+                            cfg.ack_timeout.as_secs_f64()
+                        ),
+                    ));
+                    break;
+                }
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+        let due = oldest_unmarked_ack.is_some_and(|t| t.elapsed() >= MARK_INTERVAL);
+        if acked.len() >= cfg.batch || due {
+            if let Err(e) = mark(db, &mut acked, summary, log) {
+                failure = Some(e);
+                break;
+            }
+            oldest_unmarked_ack = None;
+        }
+    }
+    // Whatever was acknowledged is marked, also when the run failed.
+    if let Err(e) = mark(db, &mut acked, summary, log) {
+        failure.get_or_insert(e);
+    }
+    session.disconnect(Duration::from_secs(2));
+    if log.verbose
+        && failure.is_none()
+        && (!queue.is_empty() || more)
+        && Instant::now() >= publish_deadline
+    {
+        eprintln!("frameflush: --max-time reached; the rest waits for the next run");
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn mark(db: &mut Db, acked: &mut Vec<i64>, summary: &mut Summary, log: Log) -> Result<()> {
+    if acked.is_empty() {
+        return Ok(());
+    }
+    let n = db.mark(acked)?;
+    summary.marked += n as u64;
+    if log.verbose {
+        eprintln!(
+            "frameflush: marked {} row(s) sent ({} so far)",
+            acked.len(),
+            summary.marked
+        );
+    }
+    acked.clear();
+    Ok(())
+}
+
+fn chunk_log(log: Log, summary: &Summary, rows: usize) {
+    if log.verbose {
+        eprintln!(
+            "frameflush: selected {rows} row(s) ({} so far, {} published, {} acknowledged, {} marked)",
+            summary.selected, summary.published, summary.acknowledged, summary.marked
+        );
+    }
+}

@@ -1,0 +1,338 @@
+//! Turning a row into an MQTT message: the topic template and the payload.
+//!
+//! A [`Template`] is parsed once, when the configuration is built, so a bad
+//! template is a configuration error before anything is read or sent. Per
+//! row, [`Template::render`] and [`PayloadFormat::render`] either give the
+//! topic and payload or a [`RowError`] that says why this row cannot become
+//! a message; such a row is not published and stays unsent. Rendered topics
+//! are checked here, not by the broker: an empty topic or one with a
+//! wildcard makes mosquitto drop the connection, and a topic starting with
+//! `$` is swallowed by brokers while still acknowledged.
+
+use std::fmt::{self, Write as _};
+
+use crate::row::{Column, Field, Row};
+
+/// The longest topic MQTT can carry, in bytes.
+pub const MAX_TOPIC_LEN: usize = 65_535;
+
+/// Why a row cannot become a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError(pub String);
+
+impl fmt::Display for RowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Part {
+    Literal(String),
+    Field(Column),
+}
+
+/// A parsed topic template: literal text and `{column}` placeholders;
+/// `{{` and `}}` stand for literal braces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    parts: Vec<Part>,
+}
+
+impl Template {
+    pub fn parse(s: &str) -> Result<Template, String> {
+        if s.is_empty() {
+            return Err("is empty".into());
+        }
+        if s.len() > MAX_TOPIC_LEN {
+            return Err(format!(
+                "is longer than a topic can be ({MAX_TOPIC_LEN} bytes)"
+            ));
+        }
+        let mut parts = Vec::new();
+        let mut lit = String::new();
+        let mut chars = s.char_indices().peekable();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '{' if chars.peek().map(|&(_, c)| c) == Some('{') => {
+                    chars.next();
+                    lit.push('{');
+                }
+                '{' => {
+                    let rest = &s[i + 1..];
+                    let Some(end) = rest
+                        .find(['}', '{'])
+                        .filter(|&e| rest.as_bytes()[e] == b'}')
+                    else {
+                        return Err(format!("has an unclosed '{{' at byte {i}"));
+                    };
+                    let name = &rest[..end];
+                    let Some(col) = Column::from_name(name) else {
+                        let known: Vec<String> =
+                            Column::ALL.iter().map(|c| format!("{{{c}}}")).collect();
+                        return Err(format!(
+                            "has an unknown placeholder {{{name}}}; known: {}",
+                            known.join(" ")
+                        ));
+                    };
+                    if !lit.is_empty() {
+                        parts.push(Part::Literal(std::mem::take(&mut lit)));
+                    }
+                    parts.push(Part::Field(col));
+                    for _ in 0..=end {
+                        chars.next();
+                    }
+                }
+                '}' if chars.peek().map(|&(_, c)| c) == Some('}') => {
+                    chars.next();
+                    lit.push('}');
+                }
+                '}' => {
+                    return Err(format!(
+                        "has a '}}' without its '{{' at byte {i} (write '}}}}' for a literal brace)"
+                    ));
+                }
+                '+' | '#' => {
+                    return Err(format!(
+                        "has the wildcard '{c}', which a published topic cannot hold"
+                    ));
+                }
+                '\0' => return Err("has a NUL character".into()),
+                c => lit.push(c),
+            }
+        }
+        if !lit.is_empty() {
+            parts.push(Part::Literal(lit));
+        }
+        if let Some(Part::Literal(first)) = parts.first()
+            && first.starts_with('$')
+        {
+            return Err("starts with '$', which brokers reserve for themselves".into());
+        }
+        Ok(Template { parts })
+    }
+
+    /// The topic for this row, or why there is none.
+    pub fn render(&self, row: &Row) -> Result<String, RowError> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => out.push_str(s),
+                Part::Field(c) => match row.get(*c) {
+                    Field::Text(s) => out.push_str(s),
+                    Field::Int(n) => {
+                        let _ = write!(out, "{n}");
+                    }
+                    Field::Real(x) => {
+                        let _ = write!(out, "{x}");
+                    }
+                    other => return Err(not_text(*c, other)),
+                },
+            }
+        }
+        check_topic(&out)?;
+        Ok(out)
+    }
+}
+
+/// A topic a broker will accept for PUBLISH.
+pub fn check_topic(t: &str) -> Result<(), RowError> {
+    let why = if t.is_empty() {
+        "is empty"
+    } else if t.len() > MAX_TOPIC_LEN {
+        "is longer than 65535 bytes"
+    } else if t.contains(['+', '#']) {
+        "contains a wildcard ('+' or '#')"
+    } else if t.contains('\0') {
+        "contains a NUL character"
+    } else if t.starts_with('$') {
+        "starts with '$', which brokers reserve"
+    } else {
+        return Ok(());
+    };
+    let shown: String = t.chars().take(80).collect();
+    Err(RowError(format!("topic {shown:?} {why}")))
+}
+
+fn not_text(c: Column, f: &Field) -> RowError {
+    let what = match f {
+        Field::Null => "NULL".to_string(),
+        Field::NotUtf8 => "text that is not UTF-8".to_string(),
+        Field::Blob(n) => format!("a BLOB of {n} bytes, not text"),
+        Field::Int(_) | Field::Real(_) | Field::Text(_) => "not usable".to_string(),
+    };
+    RowError(format!("{c} is {what}"))
+}
+
+/// What a PUBLISH carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadFormat {
+    /// One JSON object per row: integers as numbers, text as strings, NULL
+    /// as null.
+    Json,
+    /// The bare `value` column.
+    Value,
+}
+
+impl PayloadFormat {
+    pub fn render(self, row: &Row) -> Result<Vec<u8>, RowError> {
+        match self {
+            PayloadFormat::Json => json_object(row),
+            PayloadFormat::Value => match row.get(Column::Value) {
+                Field::Text(s) => Ok(s.clone().into_bytes()),
+                Field::Int(n) => Ok(n.to_string().into_bytes()),
+                Field::Real(x) => Ok(x.to_string().into_bytes()),
+                other => Err(not_text(Column::Value, other)),
+            },
+        }
+    }
+}
+
+fn json_object(row: &Row) -> Result<Vec<u8>, RowError> {
+    let mut out = Vec::with_capacity(192);
+    out.push(b'{');
+    for (i, c) in Column::ALL.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'"');
+        out.extend_from_slice(c.name().as_bytes());
+        out.extend_from_slice(b"\":");
+        let written = match row.get(c) {
+            Field::Null => {
+                out.extend_from_slice(b"null");
+                Ok(())
+            }
+            Field::Int(n) => serde_json::to_writer(&mut out, n),
+            Field::Real(x) => serde_json::to_writer(&mut out, x),
+            Field::Text(s) => serde_json::to_writer(&mut out, s),
+            other => return Err(not_text(c, other)),
+        };
+        written.map_err(|e| RowError(format!("{c} cannot be written as JSON: {e}")))?;
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> Row {
+        Row {
+            id: 15819,
+            fields: [
+                Field::Int(15819),
+                Field::Text("node_01".into()),
+                Field::Text("400577471".into()),
+                Field::Int(134),
+                Field::Int(7),
+                Field::Text("TC".into()),
+                Field::Text("23.50".into()),
+                Field::Text("2026-11-24 10:00:00".into()),
+            ],
+        }
+    }
+
+    #[test]
+    fn the_default_payload_is_the_documented_json_object() {
+        let p = PayloadFormat::Json.render(&row()).unwrap();
+        assert_eq!(
+            String::from_utf8(p).unwrap(),
+            r#"{"id":15819,"id_wasp":"node_01","id_secret":"400577471","frame_type":134,"frame_number":7,"sensor":"TC","value":"23.50","timestamp":"2026-11-24 10:00:00"}"#
+        );
+    }
+
+    #[test]
+    fn json_writes_null_for_null_numbers_for_numbers_and_escapes_odd_text() {
+        let mut r = row();
+        r.fields[Column::IdSecret as usize] = Field::Null;
+        r.fields[Column::FrameType as usize] = Field::Real(1.5);
+        r.fields[Column::Value as usize] = Field::Text("a\"b\\c\n\u{1}é☃".into());
+        let p = String::from_utf8(PayloadFormat::Json.render(&r).unwrap()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&p).unwrap();
+        assert_eq!(v["id_secret"], serde_json::Value::Null);
+        assert_eq!(v["frame_type"], serde_json::json!(1.5));
+        assert_eq!(v["value"], serde_json::json!("a\"b\\c\n\u{1}é☃"));
+        assert_eq!(v["id"], serde_json::json!(15819));
+    }
+
+    #[test]
+    fn json_refuses_blobs_and_text_that_is_not_utf8() {
+        let mut r = row();
+        r.fields[Column::Value as usize] = Field::Blob(3);
+        assert_eq!(
+            PayloadFormat::Json.render(&r).unwrap_err().0,
+            "value is a BLOB of 3 bytes, not text"
+        );
+        r.fields[Column::Value as usize] = Field::NotUtf8;
+        assert!(PayloadFormat::Json.render(&r).is_err());
+    }
+
+    #[test]
+    fn the_value_payload_is_the_bare_value_and_refuses_null() {
+        assert_eq!(PayloadFormat::Value.render(&row()).unwrap(), b"23.50");
+        let mut r = row();
+        r.fields[Column::Value as usize] = Field::Int(42);
+        assert_eq!(PayloadFormat::Value.render(&r).unwrap(), b"42");
+        r.fields[Column::Value as usize] = Field::Null;
+        assert_eq!(
+            PayloadFormat::Value.render(&r).unwrap_err().0,
+            "value is NULL"
+        );
+    }
+
+    #[test]
+    fn templates_render_every_placeholder_and_literal_braces() {
+        let t = Template::parse("gw/{id}/{id_wasp}/{id_secret}/{frame_type}/{frame_number}/{sensor}/{value}/{timestamp}/{{x}}").unwrap();
+        assert_eq!(
+            t.render(&row()).unwrap(),
+            "gw/15819/node_01/400577471/134/7/TC/23.50/2026-11-24 10:00:00/{x}"
+        );
+        assert_eq!(
+            Template::parse("sensors/{id_wasp}/{sensor}")
+                .unwrap()
+                .render(&row())
+                .unwrap(),
+            "sensors/node_01/TC"
+        );
+    }
+
+    #[test]
+    fn bad_templates_are_refused_with_a_reason() {
+        for (t, why) in [
+            ("", "is empty"),
+            ("a/{nope}", "unknown placeholder {nope}"),
+            ("a/{sensor", "unclosed"),
+            ("a/{sen{sor}", "unclosed"),
+            ("a/sensor}", "without its"),
+            ("a/+/b", "wildcard"),
+            ("a/#", "wildcard"),
+            ("$SYS/{sensor}", "reserve"),
+            ("a\0b", "NUL"),
+        ] {
+            let e = Template::parse(t).unwrap_err();
+            assert!(e.contains(why), "{t:?}: {e}");
+        }
+        assert!(Template::parse(&"a".repeat(MAX_TOPIC_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn a_rendered_topic_with_a_wildcard_null_or_nothing_is_a_row_error() {
+        let t = Template::parse("{value}").unwrap();
+        let mut r = row();
+        for (v, why) in [
+            (Field::Text("a+b".into()), "wildcard"),
+            (Field::Text("x/#".into()), "wildcard"),
+            (Field::Text(String::new()), "is empty"),
+            (Field::Text("$SYS/x".into()), "reserve"),
+            (Field::Text("a\0".into()), "NUL"),
+            (Field::Null, "value is NULL"),
+            (Field::Blob(2), "BLOB"),
+        ] {
+            r.fields[Column::Value as usize] = v;
+            let e = t.render(&r).unwrap_err();
+            assert!(e.0.contains(why), "{e}");
+        }
+    }
+}
