@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     };
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     if rest == ["--version"] || rest == ["-V"] {
-        println!("frameflush {}", env!("CARGO_PKG_VERSION"));
+        out(&format!("frameflush {}", env!("CARGO_PKG_VERSION")));
         return ExitCode::SUCCESS;
     }
     let cli = match Cli::from_args(&["frameflush"], &rest) {
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
         Err(early) => {
             return match early.status {
                 Ok(()) => {
-                    println!("{}", early.output.trim_end());
+                    out(early.output.trim_end());
                     ExitCode::SUCCESS
                 }
                 Err(()) => {
@@ -110,29 +110,26 @@ fn run(cli: Cli) -> Result<Exit> {
             if args.json {
                 print_json(&status);
             } else {
-                println!(
-                    "unsent:        {} (sync mask {})",
-                    status.unsent, status.sync_mask
-                );
-                println!(
-                    "oldest unsent: {}",
-                    status.oldest_unsent.as_deref().unwrap_or("-")
-                );
-                println!("total rows:    {}", status.total);
-                match &status.last_run {
-                    Some(r) => println!(
-                        "last run:      started {}, {}",
-                        r.started_at,
-                        match (&r.finished_at, r.exit_code) {
-                            (Some(f), Some(code)) => format!(
-                                "finished {f}, exit {code}, {} row(s) marked",
-                                r.rows_marked
-                            ),
-                            _ => "not finished (running, or killed)".to_string(),
-                        }
-                    ),
-                    None => println!("last run:      - (none with rows to send yet)"),
-                }
+                let last_run = match &status.last_run {
+                    None => "- (none with rows to send yet)".to_string(),
+                    Some(r) => match (&r.finished_at, r.exit_code) {
+                        (Some(f), Some(code)) => format!(
+                            "started {}, finished {f}, exit {code}, {} row(s) marked",
+                            r.started_at, r.rows_marked
+                        ),
+                        _ => format!(
+                            "started {}, not finished (running, or killed)",
+                            r.started_at
+                        ),
+                    },
+                };
+                out(&format!(
+                    "unsent:        {} (sync mask {})\noldest unsent: {}\ntotal rows:    {}\nlast run:      {last_run}",
+                    status.unsent,
+                    status.sync_mask,
+                    status.oldest_unsent.as_deref().unwrap_or("-"),
+                    status.total
+                ));
             }
             Ok(Exit::Ok)
         }
@@ -141,7 +138,15 @@ fn run(cli: Cli) -> Result<Exit> {
 
 fn print_json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string(value) {
-        Ok(s) => println!("{s}"),
+        Ok(s) => out(&s),
         Err(e) => eprintln!("frameflush: error: cannot write the JSON summary: {e}"),
     }
+}
+
+/// One line on stdout. A closed stdout (`| head`) is not worth a panic: the
+/// exit status still tells.
+fn out(line: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
 }
