@@ -17,7 +17,7 @@ use argh::FromArgs;
     error_code(65, "some rows could not be turned into a message (the rest went out)"),
     error_code(66, "database file or table missing"),
     error_code(69, "broker unreachable (refused, timed out, DNS)"),
-    error_code(74, "database unreadable or unwritable"),
+    error_code(74, "database or its lock file unreadable or unwritable"),
     error_code(
         75,
         "partial: connection lost, acks not all in before the deadline, or another run holds the lock"
@@ -50,7 +50,7 @@ pub enum Command {
     error_code(65, "some rows could not be turned into a message (the rest went out)"),
     error_code(66, "database file or table missing"),
     error_code(69, "broker unreachable (refused, timed out, DNS)"),
-    error_code(74, "database unreadable or unwritable"),
+    error_code(74, "database or its lock file unreadable or unwritable"),
     error_code(
         75,
         "partial: connection lost, acks not all in before the deadline, or another run holds the lock"
@@ -74,7 +74,7 @@ pub struct FlushArgs {
     /// broker as a URL: mqtt://[USER@]HOST[:PORT][/TOPIC]
     #[argh(option, short = 'L')]
     pub url: Option<String>,
-    /// MQTT client id (default frameflush-<hostname>)
+    /// MQTT client id (default frameflush-<hostname>, plus -<mask> for a sync mask other than 64)
     #[argh(option, short = 'i')]
     pub id: Option<String>,
     /// MQTT user name
@@ -110,7 +110,7 @@ pub struct FlushArgs {
     /// seconds after which nothing new is published (default 50)
     #[argh(option)]
     pub max_time: Option<f64>,
-    /// seconds to wait for outstanding acknowledgements before giving up (default 10)
+    /// seconds in-flight PUBLISHes may wait for their acknowledgement before the run gives up (default 5)
     #[argh(option)]
     pub ack_timeout: Option<f64>,
     /// largest payload in bytes; a larger row is not sent (default 131072)
@@ -143,7 +143,7 @@ pub struct InitArgs {
     /// the SQLite database to create or complete
     #[argh(option)]
     pub db: Option<String>,
-    /// JSON config file (its db and sync-mask keys are used)
+    /// JSON config file (its db, sync-mask and busy-timeout keys are used)
     #[argh(option)]
     pub config: Option<String>,
     /// the sync bit whose index to create (default 64)
@@ -158,7 +158,7 @@ pub struct StatusArgs {
     /// the SQLite database holding the sensorParser table
     #[argh(option)]
     pub db: Option<String>,
-    /// JSON config file (its db and sync-mask keys are used)
+    /// JSON config file (its db, sync-mask and busy-timeout keys are used)
     #[argh(option)]
     pub config: Option<String>,
     /// the sync bit to report on (default 64)

@@ -179,6 +179,11 @@ fn read_file_settings(path: Option<&str>) -> Result<FileSettings> {
     };
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::config(format!("cannot read config file {path}: {}", io_reason(&e))))?;
+    if !text.trim_start().starts_with('{') {
+        return Err(Error::config(format!(
+            "config file {path}: must hold one JSON object, {{\"key\": value, ...}}"
+        )));
+    }
     let settings: FileSettings = serde_json::from_str(&text)
         .map_err(|e| Error::config(format!("config file {path}: {e}")))?;
     if settings.password.is_some() {

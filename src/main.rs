@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         }
     };
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
-    if rest == ["--version"] || rest == ["-V"] {
+    if rest == ["--version"] {
         out(&format!("frameflush {}", env!("CARGO_PKG_VERSION")));
         return ExitCode::SUCCESS;
     }
@@ -58,8 +58,8 @@ fn main() -> ExitCode {
             };
         }
     };
-    let quiet = matches!(&cli.command, Command::Flush(a) if a.quiet);
-    match run(cli) {
+    let mut quiet = false;
+    match run(cli, &mut quiet) {
         Ok(code) => ExitCode::from(code.code()),
         Err(e) => {
             if !quiet {
@@ -71,11 +71,13 @@ fn main() -> ExitCode {
 }
 
 /// Runs the command. A flush reports its own outcome (summary and status);
-/// other commands succeed or fail with one error.
-fn run(cli: Cli) -> Result<Exit> {
+/// other commands succeed or fail with one error. `quiet` is set when the
+/// configuration asks for no error line.
+fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
     match cli.command {
         Command::Flush(args) => {
             let env = |k: &str| std::env::var_os(k);
+            *quiet = args.quiet;
             let cfg = match Config::build(&args, &env) {
                 Ok(cfg) => cfg,
                 Err(e) => {
@@ -89,6 +91,7 @@ fn run(cli: Cli) -> Result<Exit> {
                     return Err(e);
                 }
             };
+            *quiet = cfg.log.quiet;
             let (summary, error) = run::flush(&cfg);
             if cfg.json {
                 print_json(&summary);

@@ -2,7 +2,8 @@
 //!
 //! The order is what keeps readings safe. The lock comes first, then the
 //! database is opened and checked; a run with nothing to send stops there,
-//! before any write or network traffic. With something to send, a write to
+//! before any network traffic and before any write (but the lock file's
+//! creation and the index's, both once per database and mask). With something to send, a write to
 //! frameflush's own table proves the database takes writes before the
 //! broker is contacted. Rows are read in chunks of `--batch`, published in a
 //! window of `--inflight`, and marked in short transactions as their PUBACKs
@@ -27,6 +28,10 @@ use crate::row::Row;
 const MAX_ROW_ERRORS_SHOWN: u64 = 10;
 /// Acknowledged rows are marked at least this often, however slow the link.
 const MARK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the DISCONNECT may take to go out. With it, a run lasts at most
+/// `--max-time` + `--ack-timeout` + this (50 + 5 + 1 s by default: under
+/// cron's minute).
+const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
 
 /// What a run did: printed by `--json`, one object, failed runs too.
 #[derive(Debug, Default, Serialize)]
@@ -317,7 +322,7 @@ fn drain(
     if let Err(e) = mark(db, &mut acked, summary, log) {
         failure.get_or_insert(e);
     }
-    session.disconnect(Duration::from_secs(2));
+    session.disconnect(DISCONNECT_WAIT);
     if log.verbose
         && failure.is_none()
         && (!queue.is_empty() || more)
@@ -349,7 +354,7 @@ fn mark(db: &mut Db, acked: &mut Vec<i64>, summary: &mut Summary, log: Log) -> R
 }
 
 fn chunk_log(log: Log, summary: &Summary, rows: usize) {
-    if log.verbose {
+    if log.verbose && rows > 0 {
         eprintln!(
             "frameflush: selected {rows} row(s) ({} so far, {} published, {} acknowledged, {} marked)",
             summary.selected, summary.published, summary.acknowledged, summary.marked
