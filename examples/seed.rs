@@ -11,13 +11,17 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let (Some(db), Some(rows)) = (args.first(), args.get(1).and_then(|n| n.parse::<u64>().ok())) else {
+    let (Some(db), Some(rows)) = (
+        args.first(),
+        args.get(1).and_then(|n| n.parse::<u64>().ok()),
+    ) else {
         eprintln!("usage: seed DB ROWS [SYNC]");
         return ExitCode::from(64);
     };
     let sync: i64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0);
     let mut conn = rusqlite::Connection::open(db).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .unwrap();
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS sensorParser (
            id           INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -52,7 +56,13 @@ fn main() -> ExitCode {
                 let (d, s) = (secs / 86_400, secs % 86_400);
                 // A frame every 5 s from 2026-11-19 on (the day wraps
                 // after ten days: realistic-looking, not a calendar).
-                let ts = format!("2026-11-{:02} {:02}:{:02}:{:02}", 19 + (d - 20_775) % 10, s / 3600, s / 60 % 60, s % 60);
+                let ts = format!(
+                    "2026-11-{:02} {:02}:{:02}:{:02}",
+                    19 + (d - 20_775) % 10,
+                    s / 3600,
+                    s / 60 % 60,
+                    s % 60
+                );
                 let sensor = sensors[(i % 4) as usize];
                 let value = match sensor {
                     "TC" => format!("{:.2}", 18.0 + (i % 700) as f64 / 100.0),
