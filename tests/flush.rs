@@ -694,3 +694,43 @@ fn verbose_logs_chunks_and_debug_logs_mqtt_events_on_stderr_only() {
         run.stderr
     );
 }
+
+#[test]
+fn a_window_of_one_and_a_window_wider_than_the_backlog_both_drain_without_blocking() {
+    // rumqttc's blocking publish deadlocks a single thread once its channel
+    // is full; the run keeps its window below the channel's capacity.
+    for window in ["1", "65535"] {
+        let env = TestEnv::new("window");
+        env.seed(700);
+        let broker = Broker::start(&env);
+        let (db, url) = (env.db_arg(), broker.url());
+        let mut args = flush_args(&db, &url);
+        args.extend(["--inflight", window, "--batch", "1000"]);
+        env.run(&args).expect_code(0);
+        assert_eq!(marked_ids(&env.db(), 64).len(), 700, "window {window}");
+    }
+}
+
+#[test]
+fn a_payload_larger_than_rumqttcs_default_10_kib_limit_is_delivered() {
+    // rumqttc's default maximum packet size (10 KiB) would kill the
+    // connection after publish returned Ok; the run raises it to match
+    // --max-payload.
+    let env = TestEnv::new("bigpayload");
+    let c = env.seed(0);
+    c.execute(
+        "INSERT INTO sensorParser (id_wasp, sensor, value) VALUES ('n1', 'IMG', ?1)",
+        [&"q".repeat(60_000)],
+    )
+    .unwrap();
+    c.execute_batch("INSERT INTO sensorParser (id_wasp, sensor, value) VALUES ('n1', 'TC', '1')")
+        .unwrap();
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let (db, url) = (env.db_arg(), broker.url());
+    env.run(&flush_args(&db, &url)).expect_code(0);
+    let got = sub.wait_for(2, WAIT);
+    assert_eq!(got.len(), 2);
+    assert!(got[0].payload.len() > 60_000);
+    assert_eq!(marked_ids(&env.db(), 64), BTreeSet::from([1, 2]));
+}
