@@ -36,6 +36,8 @@ pub enum Command {
     Flush(Box<FlushArgs>),
     Init(InitArgs),
     Status(StatusArgs),
+    Failures(FailuresArgs),
+    Requeue(RequeueArgs),
 }
 
 /// Publish unsent rows (oldest first) and mark each one after its PUBACK.
@@ -119,6 +121,9 @@ pub struct FlushArgs {
     /// seconds to wait for a database lock held by another process (default 5)
     #[argh(option)]
     pub busy_timeout: Option<f64>,
+    /// runs that may fail to turn a row into a message before it is quarantined (default 3)
+    #[argh(option)]
+    pub max_attempts: Option<u32>,
     /// print topic<TAB>payload for what would go out; connect to nothing, mark nothing
     #[argh(switch)]
     pub dry_run: bool,
@@ -167,4 +172,43 @@ pub struct StatusArgs {
     /// print one JSON object instead of text
     #[argh(switch)]
     pub json: bool,
+}
+
+/// List the rows that could not become a message: attempts, last error, quarantine.
+#[derive(FromArgs, Debug, Default)]
+#[argh(subcommand, name = "failures")]
+pub struct FailuresArgs {
+    /// the SQLite database holding the sensorParser table
+    #[argh(option)]
+    pub db: Option<String>,
+    /// JSON config file (its db, sync-mask and busy-timeout keys are used)
+    #[argh(option)]
+    pub config: Option<String>,
+    /// the sync bit to report on (default 64)
+    #[argh(option)]
+    pub sync_mask: Option<u64>,
+    /// print one JSON array instead of text
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// Put failed or quarantined rows back into the queue with a clean count.
+#[derive(FromArgs, Debug, Default)]
+#[argh(subcommand, name = "requeue")]
+pub struct RequeueArgs {
+    /// the SQLite database holding the sensorParser table
+    #[argh(option)]
+    pub db: Option<String>,
+    /// JSON config file (its db, sync-mask and busy-timeout keys are used)
+    #[argh(option)]
+    pub config: Option<String>,
+    /// the sync bit whose failures to forget (default 64)
+    #[argh(option)]
+    pub sync_mask: Option<u64>,
+    /// requeue every failed row of the sync mask
+    #[argh(switch)]
+    pub all: bool,
+    /// ids of the rows to requeue
+    #[argh(positional)]
+    pub ids: Vec<i64>,
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cli::{FlushArgs, InitArgs, StatusArgs};
+use crate::cli::FlushArgs;
 use crate::error::{Error, Exit, Result};
 use crate::template::{PayloadFormat, Template};
 
@@ -47,6 +47,8 @@ pub struct Config {
     pub max_time: Duration,
     pub ack_timeout: Duration,
     pub max_payload: usize,
+    /// Runs a row may fail before it is quarantined.
+    pub max_attempts: u32,
     pub dry_run: bool,
     pub json: bool,
     pub log: Log,
@@ -113,6 +115,7 @@ struct FileSettings {
     ack_timeout: Option<f64>,
     max_payload: Option<u32>,
     busy_timeout: Option<f64>,
+    max_attempts: Option<u32>,
     dry_run: Option<bool>,
     json: Option<bool>,
     verbose: Option<bool>,
@@ -251,20 +254,18 @@ fn seconds(val: Option<Val<f64>>, default: f64, zero_ok: bool) -> Result<Duratio
 }
 
 impl Target {
-    pub fn for_init(args: &InitArgs) -> Result<Target> {
-        let file = read_file_settings(args.config.as_deref())?;
+    /// The database and mask of `init`, `status`, `failures` and `requeue`:
+    /// from their flags and the config file's `db`, `sync-mask` and
+    /// `busy-timeout` keys.
+    pub fn from_flags(
+        db: Option<&str>,
+        config: Option<&str>,
+        sync_mask: Option<u64>,
+    ) -> Result<Target> {
+        let file = read_file_settings(config)?;
         target(
-            pick("db", args.db.clone(), file.db),
-            pick("sync-mask", args.sync_mask, file.sync_mask),
-            pick("busy-timeout", None, file.busy_timeout),
-        )
-    }
-
-    pub fn for_status(args: &StatusArgs) -> Result<Target> {
-        let file = read_file_settings(args.config.as_deref())?;
-        target(
-            pick("db", args.db.clone(), file.db),
-            pick("sync-mask", args.sync_mask, file.sync_mask),
+            pick("db", db.map(str::to_string), file.db),
+            pick("sync-mask", sync_mask, file.sync_mask),
             pick("busy-timeout", None, file.busy_timeout),
         )
     }
@@ -566,6 +567,13 @@ impl Config {
             }
             Some(m) => m.v as usize,
         };
+        let max_attempts = match pick("max-attempts", args.max_attempts, file.max_attempts) {
+            None => 3,
+            Some(m) if m.v == 0 || m.v > 1_000_000 => {
+                return Err(m.bad("must be from 1 to 1000000"));
+            }
+            Some(m) => m.v,
+        };
         let flag = |cli: bool, file: Option<bool>| cli || file.unwrap_or(false);
         Ok(Config {
             target,
@@ -586,6 +594,7 @@ impl Config {
             max_time,
             ack_timeout,
             max_payload,
+            max_attempts,
             dry_run: flag(args.dry_run, file.dry_run),
             json: flag(args.json, file.json),
             log: Log {

@@ -7,8 +7,11 @@
 //! and touches nothing else of the producer's table. It adds a partial index
 //! per mask, `frameflush_unsent_MASK` on `id WHERE (sync & MASK) = 0`, so
 //! that finding unsent rows costs the same on ten million sent rows as on
-//! none, and a table `frameflush_runs` with the start and outcome of the
-//! last run that had something to send. Writes are short IMMEDIATE
+//! none; a table `frameflush_failures` of rows that could not become a
+//! message (per mask: attempts, last error, and once `--max-attempts` is
+//! reached the quarantine that later runs skip); and a table
+//! `frameflush_runs` with the start and outcome of the last run that had
+//! something to send. Writes are short IMMEDIATE
 //! transactions: a concurrent writer waits (busy timeout) instead of
 //! failing, and no write lock is ever held while waiting on the network.
 
@@ -47,6 +50,24 @@ const REQUIRED_COLUMNS: [&str; 9] = [
     "sync",
 ];
 
+/// frameflush's own tables, created beside the producer's.
+const OWN_TABLES: &str = "
+CREATE TABLE IF NOT EXISTS frameflush_failures (
+  sync_mask       INTEGER NOT NULL,
+  row_id          INTEGER NOT NULL,
+  attempts        INTEGER NOT NULL,
+  last_error      TEXT NOT NULL,
+  first_failed_at TEXT NOT NULL,
+  last_attempt_at TEXT NOT NULL,
+  quarantined_at  TEXT,
+  PRIMARY KEY (sync_mask, row_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS frameflush_runs (
+  sync_mask   INTEGER PRIMARY KEY,
+  started_at  TEXT NOT NULL,
+  finished_at TEXT,
+  exit_code   INTEGER,
+  rows_marked INTEGER NOT NULL DEFAULT 0);";
+
 const SELECT_COLUMNS: &str =
     "id, id_wasp, id_secret, frame_type, frame_number, sensor, value, timestamp";
 
@@ -65,16 +86,34 @@ pub struct Db {
     busy_secs: f64,
     /// The partial index of this mask exists: selections can use it.
     indexed: bool,
+    /// frameflush's own tables exist (`frameflush_failures` is consulted).
+    own_tables: bool,
 }
 
 /// What `status` reports.
 #[derive(Debug, Serialize)]
 pub struct Status {
     pub sync_mask: i64,
+    /// Rows still to send (bit clear, not quarantined).
     pub unsent: u64,
     pub oldest_unsent: Option<String>,
+    /// Rows that failed `--max-attempts` times and are skipped.
+    pub quarantined: u64,
+    /// Rows that failed but will be tried again.
+    pub failing: u64,
     pub total: u64,
     pub last_run: Option<LastRun>,
+}
+
+/// One row that could not become a message.
+#[derive(Debug, Serialize)]
+pub struct Failure {
+    pub row_id: i64,
+    pub attempts: i64,
+    pub last_error: String,
+    pub first_failed_at: String,
+    pub last_attempt_at: String,
+    pub quarantined_at: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -142,7 +181,7 @@ impl Db {
         conn.execute_batch(CREATE_TABLE)
             .map_err(|e| db_error(&path, "create the table in", e, busy))?;
         let mut db = Db::checked(conn, target, Mode::ReadWrite)?;
-        db.ensure_index()?;
+        db.ensure_schema()?;
         Ok(db)
     }
 
@@ -157,6 +196,7 @@ impl Db {
             path,
             busy_secs,
             indexed: false,
+            own_tables: false,
         };
         db.check_table()?;
         if mode == Mode::ReadWrite && db.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
@@ -168,16 +208,23 @@ impl Db {
                 ),
             ));
         }
-        db.indexed = db
-            .conn
-            .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = ?1",
-                [index_name(db.mask)],
-                |_| Ok(()),
-            )
-            .optional()
+        let count_named = |kind: &str, names: &[&str]| -> rusqlite::Result<usize> {
+            let mut n = 0;
+            for name in names {
+                n += db.conn.query_row(
+                    "SELECT count(*) FROM sqlite_master WHERE type = ?1 AND name = ?2",
+                    [kind, name],
+                    |r| r.get::<_, i64>(0),
+                )? as usize;
+            }
+            Ok(n)
+        };
+        db.indexed = count_named("index", &[&index_name(db.mask)])
             .map_err(|e| db.error("read the schema of", e))?
-            .is_some();
+            == 1;
+        db.own_tables = count_named("table", &["frameflush_failures", "frameflush_runs"])
+            .map_err(|e| db.error("read the schema of", e))?
+            == 2;
         Ok(db)
     }
 
@@ -225,36 +272,57 @@ impl Db {
         Ok(())
     }
 
-    /// Adds this mask's partial index when missing (once, on a table of any
-    /// size: one pass over it).
-    pub fn ensure_index(&mut self) -> Result<()> {
-        if self.indexed {
+    /// Adds what frameflush needs in the database when missing: this mask's
+    /// partial index (once, one pass over the table) and frameflush's own
+    /// tables. Nothing is written when all is there.
+    pub fn ensure_schema(&mut self) -> Result<()> {
+        if self.indexed && self.own_tables {
             return Ok(());
         }
         let sql = format!(
-            "CREATE INDEX IF NOT EXISTS {} ON sensorParser(id) WHERE (sync & {}) = 0",
-            index_name(self.mask),
-            self.mask
+            "BEGIN IMMEDIATE;
+             CREATE INDEX IF NOT EXISTS {index} ON sensorParser(id) WHERE (sync & {mask}) = 0;
+             {OWN_TABLES}
+             COMMIT;",
+            index = index_name(self.mask),
+            mask = self.mask
         );
-        self.conn
-            .execute_batch(&sql)
-            .map_err(|e| self.error("add an index to", e))?;
+        if let Err(e) = self.conn.execute_batch(&sql) {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(self.error("add frameflush's index and tables to", e));
+        }
         self.indexed = true;
+        self.own_tables = true;
         Ok(())
     }
 
-    /// Up to `limit` unsent rows with `id > after`, oldest first. The
-    /// statement is finished before this returns: nothing stays open while
-    /// the rows are published.
-    pub fn select_unsent(&self, after: i64, limit: usize) -> Result<Vec<Row>> {
+    /// `FROM … WHERE …` of the rows still to send for this mask: the bit is
+    /// clear and the row is not quarantined.
+    fn pending(&self) -> String {
+        let mask = self.mask;
         let indexed_by = if self.indexed {
-            format!("INDEXED BY {}", index_name(self.mask))
+            format!("INDEXED BY {}", index_name(mask))
         } else {
             String::new()
         };
+        let quarantine = if self.own_tables {
+            format!(
+                " AND id NOT IN (SELECT row_id FROM frameflush_failures \
+                 WHERE sync_mask = {mask} AND quarantined_at IS NOT NULL)"
+            )
+        } else {
+            String::new()
+        };
+        format!("FROM sensorParser {indexed_by} WHERE (sync & {mask}) = 0{quarantine}")
+    }
+
+    /// Up to `limit` rows still to send with `id > after`, oldest first. The
+    /// statement is finished before this returns: nothing stays open while
+    /// the rows are published.
+    pub fn select_unsent(&self, after: i64, limit: usize) -> Result<Vec<Row>> {
         let sql = format!(
-            "SELECT {SELECT_COLUMNS} FROM sensorParser {indexed_by} WHERE (sync & {}) = 0 AND id > ?1 ORDER BY id LIMIT ?2",
-            self.mask
+            "SELECT {SELECT_COLUMNS} {} AND id > ?1 ORDER BY id LIMIT ?2",
+            self.pending()
         );
         let mut st = self
             .conn
@@ -285,146 +353,227 @@ impl Db {
         Ok(out)
     }
 
+    /// Runs `work` in one IMMEDIATE transaction: a concurrent writer waits
+    /// for it (and it for them, up to the busy timeout) instead of failing.
+    fn write<T>(
+        &mut self,
+        what: &str,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let (path, busy) = (&self.path, self.busy_secs);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| db_error(path, what, e, busy))?;
+        let out = work(&tx).map_err(|e| db_error(path, what, e, busy))?;
+        tx.commit().map_err(|e| db_error(path, what, e, busy))?;
+        Ok(out)
+    }
+
     /// Sets this mask's bit on the given rows in one IMMEDIATE transaction.
     /// Returns how many rows were updated (a row deleted meanwhile is not).
     pub fn mark(&mut self, ids: &[i64]) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
         }
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| db_error(&self.path, "mark rows in", e, self.busy_secs))?;
-        let mut n = 0;
-        {
-            let mut st = tx
-                .prepare_cached("UPDATE sensorParser SET sync = sync | ?1 WHERE id = ?2")
-                .map_err(|e| db_error(&self.path, "mark rows in", e, self.busy_secs))?;
+        let mask = self.mask;
+        self.write("mark rows in", |tx| {
+            let mut st =
+                tx.prepare_cached("UPDATE sensorParser SET sync = sync | ?1 WHERE id = ?2")?;
+            let mut n = 0;
             for id in ids {
-                n += st
-                    .execute(params![self.mask, id])
-                    .map_err(|e| db_error(&self.path, "mark rows in", e, self.busy_secs))?;
+                n += st.execute(params![mask, id])?;
             }
+            Ok(n)
+        })
+    }
+
+    /// Counts one more failed attempt for each row; a row that reaches
+    /// `max_attempts` is quarantined. Returns how many rows this quarantined.
+    pub fn record_failures(&mut self, failed: &[(i64, String)], max_attempts: u32) -> Result<u64> {
+        if failed.is_empty() {
+            return Ok(0);
         }
-        tx.commit()
-            .map_err(|e| db_error(&self.path, "mark rows in", e, self.busy_secs))?;
-        Ok(n)
+        let mask = self.mask;
+        self.write("record failed rows in", |tx| {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO frameflush_failures
+                   (sync_mask, row_id, attempts, last_error, first_failed_at, last_attempt_at, quarantined_at)
+                 VALUES (?1, ?2, 1, ?3, datetime('now'), datetime('now'),
+                         CASE WHEN ?4 <= 1 THEN datetime('now') END)
+                 ON CONFLICT (sync_mask, row_id) DO UPDATE SET
+                   attempts = attempts + 1,
+                   last_error = excluded.last_error,
+                   last_attempt_at = excluded.last_attempt_at,
+                   quarantined_at = coalesce(quarantined_at,
+                     CASE WHEN attempts + 1 >= ?4 THEN datetime('now') END)
+                 RETURNING quarantined_at IS NOT NULL",
+            )?;
+            // Quarantined rows are never selected, so each row that comes
+            // out quarantined here was quarantined by this call.
+            let mut quarantined = 0;
+            for (id, why) in failed {
+                let now_quarantined: bool =
+                    st.query_row(params![mask, id, why, max_attempts], |r| r.get(0))?;
+                quarantined += u64::from(now_quarantined);
+            }
+            Ok(quarantined)
+        })
+    }
+
+    /// The failure records of this mask, oldest row first.
+    pub fn failures(&self) -> Result<Vec<Failure>> {
+        if !self.own_tables {
+            return Ok(Vec::new());
+        }
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT row_id, attempts, last_error, first_failed_at, last_attempt_at, quarantined_at
+                 FROM frameflush_failures WHERE sync_mask = ?1 ORDER BY row_id",
+            )
+            .map_err(|e| self.error("read", e))?;
+        st.query_map([self.mask], |r| {
+            Ok(Failure {
+                row_id: r.get(0)?,
+                attempts: r.get(1)?,
+                last_error: r.get(2)?,
+                first_failed_at: r.get(3)?,
+                last_attempt_at: r.get(4)?,
+                quarantined_at: r.get(5)?,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| self.error("read", e))
+    }
+
+    /// Forgets the failures of the given rows (all of this mask's with
+    /// `None`): quarantined rows go back into the queue with a clean count.
+    /// Returns how many records were removed.
+    pub fn requeue(&mut self, ids: Option<&[i64]>) -> Result<usize> {
+        if !self.own_tables {
+            return Ok(0);
+        }
+        let mask = self.mask;
+        self.write("requeue rows in", |tx| match ids {
+            None => tx.execute(
+                "DELETE FROM frameflush_failures WHERE sync_mask = ?1",
+                [mask],
+            ),
+            Some(ids) => {
+                let mut st = tx.prepare_cached(
+                    "DELETE FROM frameflush_failures WHERE sync_mask = ?1 AND row_id = ?2",
+                )?;
+                let mut n = 0;
+                for id in ids {
+                    n += st.execute(params![mask, id])?;
+                }
+                Ok(n)
+            }
+        })
     }
 
     /// Records that a run with something to send started. It is also the
     /// proof, before anything is published, that the database takes writes
     /// (journal, directory, disk space).
     pub fn begin_run(&mut self) -> Result<()> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| db_error(&self.path, "write to", e, self.busy_secs))?;
-        tx.execute_batch(
-            "CREATE TABLE IF NOT EXISTS frameflush_runs (
-               sync_mask   INTEGER PRIMARY KEY,
-               started_at  TEXT NOT NULL,
-               finished_at TEXT,
-               exit_code   INTEGER,
-               rows_marked INTEGER NOT NULL DEFAULT 0)",
-        )
-        .and_then(|()| {
+        let mask = self.mask;
+        self.write("write to", |tx| {
             tx.execute(
                 "INSERT INTO frameflush_runs (sync_mask, started_at) VALUES (?1, datetime('now'))
                  ON CONFLICT(sync_mask) DO UPDATE SET started_at = excluded.started_at,
                    finished_at = NULL, exit_code = NULL, rows_marked = 0",
-                [self.mask],
+                [mask],
             )
         })
-        .and_then(|_| tx.commit())
-        .map_err(|e| db_error(&self.path, "write to", e, self.busy_secs))
+        .map(|_| ())
     }
 
-    /// Records the outcome of the run `begin_run` started.
+    /// Records the outcome of the run `begin_run` started, and forgets the
+    /// failures of rows that were delivered or deleted since.
     pub fn end_run(&mut self, exit: Exit, marked: u64) -> Result<()> {
-        self.conn
-            .execute(
+        let mask = self.mask;
+        self.write("write to", |tx| {
+            tx.execute(
                 "UPDATE frameflush_runs SET finished_at = datetime('now'), exit_code = ?2, rows_marked = ?3
                  WHERE sync_mask = ?1",
-                params![self.mask, exit.code(), marked as i64],
+                params![mask, exit.code(), marked as i64],
+            )?;
+            tx.execute(
+                "DELETE FROM frameflush_failures WHERE sync_mask = ?1 AND NOT EXISTS
+                   (SELECT 1 FROM sensorParser WHERE id = row_id AND (sync & ?1) = 0)",
+                [mask],
             )
-            .map(|_| ())
-            .map_err(|e| self.error("write to", e))
+        })
+        .map(|_| ())
     }
 
-    /// Rows unsent for this mask now.
-    pub fn backlog(&self) -> Result<u64> {
-        let indexed_by = if self.indexed {
-            format!("INDEXED BY {}", index_name(self.mask))
-        } else {
-            String::new()
-        };
-        let sql = format!(
-            "SELECT count(*) FROM sensorParser {indexed_by} WHERE (sync & {}) = 0",
-            self.mask
-        );
+    fn count(&self, sql: &str) -> Result<u64> {
         self.conn
-            .query_row(&sql, [], |r| r.get::<_, i64>(0))
+            .query_row(sql, [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
             .map_err(|e| self.error("read", e))
     }
 
+    /// Rows still to send for this mask now (quarantined rows not counted).
+    pub fn backlog(&self) -> Result<u64> {
+        self.count(&format!("SELECT count(*) {}", self.pending()))
+    }
+
     pub fn status(&self) -> Result<Status> {
         let unsent = self.backlog()?;
-        let indexed_by = if self.indexed {
-            format!("INDEXED BY {}", index_name(self.mask))
-        } else {
-            String::new()
-        };
-        let oldest_sql = format!(
-            "SELECT min(timestamp) FROM sensorParser {indexed_by} WHERE (sync & {}) = 0",
-            self.mask
-        );
         let oldest_unsent: Option<String> = self
             .conn
-            .query_row(&oldest_sql, [], |r| {
-                Ok(match r.get_ref(0)? {
-                    rusqlite::types::ValueRef::Null => None,
-                    v => Some(match field(v) {
-                        Field::Text(s) => s,
-                        Field::Int(n) => n.to_string(),
-                        Field::Real(x) => x.to_string(),
-                        _ => "?".to_string(),
-                    }),
-                })
-            })
-            .map_err(|e| self.error("read", e))?;
-        let total = self
-            .conn
-            .query_row("SELECT count(*) FROM sensorParser", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map_err(|e| self.error("read", e))? as u64;
-        let has_runs = self
-            .conn
             .query_row(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'frameflush_runs'",
+                &format!("SELECT min(timestamp) {}", self.pending()),
                 [],
-                |_| Ok(()),
+                |r| {
+                    Ok(match field(r.get_ref(0)?) {
+                        Field::Null => None,
+                        Field::Text(s) => Some(s),
+                        Field::Int(n) => Some(n.to_string()),
+                        Field::Real(x) => Some(x.to_string()),
+                        Field::NotUtf8 | Field::Blob(_) => Some("?".to_string()),
+                    })
+                },
             )
-            .optional()
-            .map_err(|e| self.error("read", e))?
-            .is_some();
-        let last_run = if has_runs {
-            self.conn
+            .map_err(|e| self.error("read", e))?;
+        let total = self.count("SELECT count(*) FROM sensorParser")?;
+        let (quarantined, failing, last_run) = if self.own_tables {
+            let q = format!(
+                "SELECT count(*) FROM frameflush_failures WHERE sync_mask = {} AND quarantined_at IS NOT NULL",
+                self.mask
+            );
+            let f = format!(
+                "SELECT count(*) FROM frameflush_failures WHERE sync_mask = {} AND quarantined_at IS NULL",
+                self.mask
+            );
+            let last_run = self
+                .conn
                 .query_row(
                     "SELECT started_at, finished_at, exit_code, rows_marked FROM frameflush_runs WHERE sync_mask = ?1",
                     [self.mask],
-                    |r| Ok(LastRun { started_at: r.get(0)?, finished_at: r.get(1)?, exit_code: r.get(2)?, rows_marked: r.get(3)? }),
+                    |r| {
+                        Ok(LastRun {
+                            started_at: r.get(0)?,
+                            finished_at: r.get(1)?,
+                            exit_code: r.get(2)?,
+                            rows_marked: r.get(3)?,
+                        })
+                    },
                 )
                 .optional()
-                .map_err(|e| self.error("read", e))?
+                .map_err(|e| self.error("read", e))?;
+            (self.count(&q)?, self.count(&f)?, last_run)
         } else {
-            None
+            (0, 0, None)
         };
         Ok(Status {
             sync_mask: self.mask,
             unsent,
             oldest_unsent,
+            quarantined,
+            failing,
             total,
             last_run,
         })
@@ -432,14 +581,9 @@ impl Db {
 
     /// The query plan of the unsent-row selection, for tests and `-d`.
     pub fn selection_plan(&self) -> Result<String> {
-        let indexed_by = if self.indexed {
-            format!("INDEXED BY {}", index_name(self.mask))
-        } else {
-            String::new()
-        };
         let sql = format!(
-            "EXPLAIN QUERY PLAN SELECT {SELECT_COLUMNS} FROM sensorParser {indexed_by} WHERE (sync & {}) = 0 AND id > 0 ORDER BY id LIMIT 10",
-            self.mask
+            "EXPLAIN QUERY PLAN SELECT {SELECT_COLUMNS} {} AND id > 0 ORDER BY id LIMIT 10",
+            self.pending()
         );
         let mut st = self.conn.prepare(&sql).map_err(|e| self.error("read", e))?;
         let details: Vec<String> = st

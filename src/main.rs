@@ -24,7 +24,7 @@ use argh::FromArgs;
 use crate::cli::{Cli, Command};
 use crate::config::{Config, Target};
 use crate::db::{Db, Mode};
-use crate::error::{Exit, Result};
+use crate::error::{Error, Exit, Result};
 
 fn main() -> ExitCode {
     let args: Vec<String> = match std::env::args_os().map(|a| a.into_string()).collect() {
@@ -102,12 +102,14 @@ fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
             }
         }
         Command::Init(args) => {
-            let target = Target::for_init(&args)?;
+            let target =
+                Target::from_flags(args.db.as_deref(), args.config.as_deref(), args.sync_mask)?;
             Db::init(&target)?;
             Ok(Exit::Ok)
         }
         Command::Status(args) => {
-            let target = Target::for_status(&args)?;
+            let target =
+                Target::from_flags(args.db.as_deref(), args.config.as_deref(), args.sync_mask)?;
             let db = Db::open(&target, Mode::ReadOnly)?;
             let status = db.status()?;
             if args.json {
@@ -127,11 +129,62 @@ fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
                     },
                 };
                 out(&format!(
-                    "unsent:        {} (sync mask {})\noldest unsent: {}\ntotal rows:    {}\nlast run:      {last_run}",
+                    "unsent:        {} (sync mask {})\noldest unsent: {}\nquarantined:   {} (failing, to be retried: {})\ntotal rows:    {}\nlast run:      {last_run}",
                     status.unsent,
                     status.sync_mask,
                     status.oldest_unsent.as_deref().unwrap_or("-"),
+                    status.quarantined,
+                    status.failing,
                     status.total
+                ));
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Failures(args) => {
+            let target =
+                Target::from_flags(args.db.as_deref(), args.config.as_deref(), args.sync_mask)?;
+            let failures = Db::open(&target, Mode::ReadOnly)?.failures()?;
+            if args.json {
+                print_json(&failures);
+            } else {
+                for f in &failures {
+                    let state = match &f.quarantined_at {
+                        Some(at) => format!("quarantined {at}"),
+                        None => format!("failing, last tried {}", f.last_attempt_at),
+                    };
+                    out(&format!(
+                        "row {}\t{} attempt(s)\t{state}\t{}",
+                        f.row_id, f.attempts, f.last_error
+                    ));
+                }
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Requeue(args) => {
+            let target =
+                Target::from_flags(args.db.as_deref(), args.config.as_deref(), args.sync_mask)?;
+            let ids = match (args.all, args.ids.is_empty()) {
+                (true, true) => None,
+                (false, false) => Some(args.ids.as_slice()),
+                (true, false) => return Err(Error::usage("give row ids or --all, not both")),
+                (false, true) => {
+                    return Err(Error::usage(
+                        "give the ids of the rows to requeue, or --all",
+                    ));
+                }
+            };
+            let mut db = Db::open(&target, Mode::ReadWrite)?;
+            let n = db.requeue(ids)?;
+            if let Some(ids) = ids
+                && n < ids.len()
+            {
+                return Err(Error::new(
+                    Exit::DataErr,
+                    format!(
+                        "requeued {n} of {} row(s): the others had no failure recorded for sync mask {}",
+                        ids.len(),
+                        target.sync_mask
+                    ),
                 ));
             }
             Ok(Exit::Ok)

@@ -41,6 +41,8 @@ pub struct Summary {
     pub acknowledged: u64,
     pub marked: u64,
     pub failed: u64,
+    /// Rows this run quarantined (they reached `--max-attempts`).
+    pub quarantined: u64,
     /// Selected by this run and still unsent at its end.
     pub unsent: u64,
     /// Unsent rows for this mask in the database at the end, when known.
@@ -98,9 +100,15 @@ fn next_chunk(cfg: &Config, selected: u64) -> usize {
     }
 }
 
-/// Renders rows into messages; rows that cannot become one are counted and
-/// named on stderr, and stay unsent.
-fn render(cfg: &Config, rows: Vec<Row>, summary: &mut Summary, out: &mut VecDeque<Message>) {
+/// Renders rows into messages; rows that cannot become one are counted,
+/// named on stderr, stay unsent, and are returned with the reason.
+fn render(
+    cfg: &Config,
+    rows: Vec<Row>,
+    summary: &mut Summary,
+    out: &mut VecDeque<Message>,
+) -> Vec<(i64, String)> {
+    let mut failed = Vec::new();
     for row in rows {
         let made = cfg.topic.render(&row).and_then(|topic| {
             let payload = cfg.payload.render(&row)?;
@@ -124,9 +132,32 @@ fn render(cfg: &Config, rows: Vec<Row>, summary: &mut Summary, out: &mut VecDequ
                 if !cfg.log.quiet && summary.failed <= MAX_ROW_ERRORS_SHOWN {
                     eprintln!("frameflush: row {} not sent: {why}", row.id);
                 }
+                failed.push((row.id, why.0));
             }
         }
     }
+    failed
+}
+
+/// Renders a chunk and records its failures (quarantining rows that reached
+/// `--max-attempts`).
+fn render_and_record(
+    cfg: &Config,
+    db: &mut Db,
+    rows: Vec<Row>,
+    summary: &mut Summary,
+    out: &mut VecDeque<Message>,
+) -> Result<()> {
+    let failed = render(cfg, rows, summary, out);
+    let quarantined = db.record_failures(&failed, cfg.max_attempts)?;
+    if quarantined > 0 && !cfg.log.quiet {
+        eprintln!(
+            "frameflush: {quarantined} row(s) failed {} time(s) and are quarantined: see `frameflush failures`",
+            cfg.max_attempts
+        );
+    }
+    summary.quarantined += quarantined;
+    Ok(())
 }
 
 fn dry_run(cfg: &Config, summary: &mut Summary) -> Result<()> {
@@ -170,7 +201,7 @@ fn dry_run(cfg: &Config, summary: &mut Summary) -> Result<()> {
 fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()> {
     let _lock = RunLock::acquire(&cfg.target.lock_path())?;
     let mut db = Db::open(&cfg.target, Mode::ReadWrite)?;
-    db.ensure_index()?;
+    db.ensure_schema()?;
     if cfg.log.debug {
         eprintln!("frameflush: query plan: {}", db.selection_plan()?);
     }
@@ -213,7 +244,7 @@ fn drain(
     let mut after = first.last().map_or(0, |r| r.id);
     summary.selected += first.len() as u64;
     chunk_log(log, summary, first.len());
-    render(cfg, first, summary, &mut queue);
+    render_and_record(cfg, db, first, summary, &mut queue)?;
     if queue.is_empty() && !more {
         return Ok(());
     }
@@ -242,7 +273,10 @@ fn drain(
                         }
                         summary.selected += rows.len() as u64;
                         chunk_log(log, summary, rows.len());
-                        render(cfg, rows, summary, &mut queue);
+                        if let Err(e) = render_and_record(cfg, db, rows, summary, &mut queue) {
+                            failure = Some(e);
+                            break;
+                        }
                     }
                     Err(e) => {
                         failure = Some(e);

@@ -613,3 +613,249 @@ pub fn euid() -> u32 {
     let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
     line.split_whitespace().nth(2).unwrap().parse().unwrap()
 }
+
+/// A small seeded random generator (splitmix64) for fault and fuzz tests.
+/// The seed comes from FRAMEFLUSH_TEST_SEED when set, else from the clock;
+/// it is printed, so a failing run (whose output cargo shows) can be
+/// replayed with `FRAMEFLUSH_TEST_SEED=<seed> cargo test <name>`.
+pub struct Rng {
+    state: u64,
+    pub seed: u64,
+}
+
+impl Rng {
+    pub fn new(test: &str) -> Rng {
+        let seed = std::env::var("FRAMEFLUSH_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                let t = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap();
+                t.as_nanos() as u64 ^ u64::from(std::process::id())
+            });
+        println!("{test}: seed {seed} (replay: FRAMEFLUSH_TEST_SEED={seed} cargo test {test})");
+        Rng { state: seed, seed }
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A number in `lo..hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        assert!(lo < hi);
+        lo + self.next_u64() % (hi - lo)
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.range(0, items.len() as u64) as usize]
+    }
+}
+
+/// What a [`Proxy`] does to the connection it relays.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// Relay faithfully.
+    None,
+    /// Cut the link (both directions) once this many bytes went from the
+    /// client to the broker; the last write may carry half a packet.
+    CutAfter(usize),
+    /// Relay this many PUBACKs to the client, then swallow every further
+    /// one (the connection stays up).
+    SwallowPubAcksAfter(usize),
+}
+
+/// A TCP proxy on 127.0.0.1 between frameflush and a broker, injecting a
+/// [`Fault`]. Each accepted connection gets the fault anew.
+pub struct Proxy {
+    pub port: u16,
+    /// PUBACKs relayed to the client.
+    pub acks_relayed: Arc<AtomicUsize>,
+    /// Bytes relayed from the client to the broker.
+    pub bytes_up: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    pub fn start(upstream: u16, fault: Fault) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let acks = Arc::new(AtomicUsize::new(0));
+        let up = Arc::new(AtomicUsize::new(0));
+        let (s, a, u) = (stop.clone(), acks.clone(), up.clone());
+        let thread = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(300);
+            let mut pumps = Vec::new();
+            while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let Ok(broker) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                for sock in [&client, &broker] {
+                    sock.set_nodelay(true).unwrap();
+                    sock.set_read_timeout(Some(Duration::from_millis(50)))
+                        .unwrap();
+                }
+                let (c2, b2) = (client.try_clone().unwrap(), broker.try_clone().unwrap());
+                let (s1, s2, a2, u2) = (s.clone(), s.clone(), a.clone(), u.clone());
+                let limit = match fault {
+                    Fault::CutAfter(n) => Some(n),
+                    _ => None,
+                };
+                pumps.push(std::thread::spawn(move || {
+                    pump_up(client, broker, limit, &u2, &s1)
+                }));
+                let swallow_after = match fault {
+                    Fault::SwallowPubAcksAfter(k) => Some(k),
+                    _ => None,
+                };
+                pumps.push(std::thread::spawn(move || {
+                    pump_down(b2, c2, swallow_after, &a2, &s2)
+                }));
+            }
+            for p in pumps {
+                let _ = p.join();
+            }
+        });
+        Proxy {
+            port,
+            acks_relayed: acks,
+            bytes_up: up,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn cut(a: &TcpStream, b: &TcpStream) {
+    let _ = a.shutdown(std::net::Shutdown::Both);
+    let _ = b.shutdown(std::net::Shutdown::Both);
+}
+
+/// Client → broker, cutting both directions after `limit` bytes.
+fn pump_up(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    limit: Option<usize>,
+    total: &AtomicUsize,
+    stop: &AtomicBool,
+) {
+    use std::io::Write as _;
+    let mut buf = [0u8; 16384];
+    let mut sent = 0usize;
+    while !stop.load(Ordering::SeqCst) {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(_) => break,
+        };
+        let n_fwd = limit.map_or(n, |l| n.min(l.saturating_sub(sent)));
+        if to.write_all(&buf[..n_fwd]).is_err() {
+            break;
+        }
+        sent += n_fwd;
+        total.fetch_add(n_fwd, Ordering::SeqCst);
+        if limit.is_some_and(|l| sent >= l) {
+            break;
+        }
+    }
+    cut(&from, &to);
+}
+
+/// Broker → client, swallowing PUBACKs after `swallow_after` of them.
+fn pump_down(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    swallow_after: Option<usize>,
+    acks: &AtomicUsize,
+    stop: &AtomicBool,
+) {
+    use std::io::Write as _;
+    let mut buf = [0u8; 16384];
+    let mut pending: Vec<u8> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        let n = match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(_) => break,
+        };
+        pending.extend_from_slice(&buf[..n]);
+        // Relay whole MQTT packets, one by one.
+        let mut out = Vec::new();
+        while let Some((len, header)) = packet_len(&pending) {
+            let packet: Vec<u8> = pending.drain(..len).collect();
+            if header >> 4 == 4 {
+                if swallow_after.is_some_and(|k| acks.load(Ordering::SeqCst) >= k) {
+                    continue;
+                }
+                acks.fetch_add(1, Ordering::SeqCst);
+            }
+            out.extend_from_slice(&packet);
+        }
+        if !out.is_empty() && to.write_all(&out).is_err() {
+            break;
+        }
+    }
+    cut(&from, &to);
+}
+
+/// The length of the first complete MQTT packet in `b`, and its first byte.
+fn packet_len(b: &[u8]) -> Option<(usize, u8)> {
+    let mut remaining = 0usize;
+    let mut shift = 0;
+    for i in 1..5 {
+        let byte = *b.get(i)?;
+        remaining |= usize::from(byte & 0x7f) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            let total = 1 + i + remaining;
+            return (b.len() >= total).then_some((total, b[0]));
+        }
+    }
+    None
+}
+
+/// Seeds a database at `path` (not the default one) with `n` rows.
+pub fn seed_at(path: &Path, n: usize) -> Connection {
+    let mut c = Connection::open(path).unwrap();
+    c.execute_batch(SCHEMA).unwrap();
+    insert_rows(&mut c, n, 0);
+    c
+}

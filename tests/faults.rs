@@ -1,0 +1,484 @@
+//! Fault injection: the promise (no reading lost, nothing marked that the
+//! broker did not acknowledge, duplicates bounded) under cut links, killed
+//! processes, swallowed acknowledgements, a busy producer and overlapping
+//! runs. Randomness is seeded and the seed printed (see util::Rng); every
+//! loop is bounded in rounds and time. Each test prints its figures (rounds,
+//! lost, falsely marked, worst duplicates): `cargo test --test faults --
+//! --nocapture` shows them.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use util::{Broker, Fault, Proxy, Rng, Subscriber, TestEnv, marked_ids};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Messages per id received under the topic prefix `prefix/` (topics are
+/// `prefix/{id}`).
+fn received_under(sub: &Subscriber, prefix: &str) -> BTreeMap<i64, usize> {
+    let mut counts = BTreeMap::new();
+    for m in sub.messages() {
+        if let Some(id) = m
+            .topic
+            .strip_prefix(prefix)
+            .and_then(|t| t.strip_prefix('/'))
+        {
+            *counts.entry(id.parse::<i64>().unwrap()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Waits (bounded) until every id in `want` was received under `prefix`.
+fn wait_received(sub: &Subscriber, prefix: &str, want: &BTreeSet<i64>) -> BTreeMap<i64, usize> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = received_under(sub, prefix);
+        if want.iter().all(|id| got.contains_key(id)) || Instant::now() > deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            return received_under(sub, prefix);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The figures a fault test reports.
+#[derive(Default, Debug)]
+struct Figures {
+    rounds: usize,
+    lost: usize,
+    falsely_marked: usize,
+    worst_duplicates: usize,
+    total_duplicates: usize,
+    failed_runs: usize,
+}
+
+impl Figures {
+    fn report(&self, fault: &str) {
+        println!(
+            "{fault}: {} rounds ({} runs failed as injected), rows lost {}, falsely marked {}, duplicates worst {} per round, {} in all",
+            self.rounds,
+            self.failed_runs,
+            self.lost,
+            self.falsely_marked,
+            self.worst_duplicates,
+            self.total_duplicates
+        );
+    }
+}
+
+/// What every round of a fault test shares: the test directory, the
+/// broker, the subscriber connected straight to it, and the seed.
+struct Rig<'a> {
+    env: &'a TestEnv,
+    broker: &'a Broker,
+    sub: &'a Subscriber,
+    seed: u64,
+}
+
+/// After a faulty run: nothing marked that the subscriber did not receive.
+/// Then a clean rerun must deliver and mark everything; the round's
+/// duplicates go into the figures.
+fn check_round(rig: &Rig<'_>, db: &Path, prefix: &str, rows: usize, figures: &mut Figures) {
+    let Rig {
+        env,
+        broker,
+        sub,
+        seed,
+    } = *rig;
+    let all: BTreeSet<i64> = (1..=rows as i64).collect();
+    let marked = marked_ids(db, 64);
+    let got = wait_received(sub, prefix, &marked);
+    let falsely: Vec<i64> = marked
+        .iter()
+        .copied()
+        .filter(|id| !got.contains_key(id))
+        .collect();
+    figures.falsely_marked += falsely.len();
+    assert!(
+        falsely.is_empty(),
+        "seed {seed}, {prefix}: rows marked but never received: {falsely:?}"
+    );
+
+    // A clean rerun delivers the rest.
+    let db_arg = db.display().to_string();
+    let url = broker.url();
+    let topic = format!("{prefix}/{{id}}");
+    let rerun = env.run(&[
+        "flush",
+        "--db",
+        &db_arg,
+        "-L",
+        &url,
+        "-t",
+        &topic,
+        "--max-time",
+        "120",
+    ]);
+    assert_eq!(
+        rerun.code,
+        Some(0),
+        "seed {seed}, {prefix}: the rerun failed: {rerun:#?}"
+    );
+    let got = wait_received(sub, prefix, &all);
+    let lost: Vec<i64> = all
+        .iter()
+        .copied()
+        .filter(|id| !got.contains_key(id))
+        .collect();
+    figures.lost += lost.len();
+    assert!(
+        lost.is_empty(),
+        "seed {seed}, {prefix}: rows never delivered: {} (first {:?})",
+        lost.len(),
+        lost.first()
+    );
+    assert_eq!(
+        marked_ids(db, 64),
+        all,
+        "seed {seed}, {prefix}: not every row marked after the rerun"
+    );
+    let dups: usize = got.values().map(|n| n - 1).sum();
+    figures.worst_duplicates = figures.worst_duplicates.max(dups);
+    figures.total_duplicates += dups;
+    figures.rounds += 1;
+}
+
+#[test]
+fn a_link_cut_at_random_points_never_marks_an_undelivered_row_and_reruns_deliver_everything() {
+    let mut rng = Rng::new("a_link_cut_at_random_points");
+    let env = TestEnv::new("linkcut");
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let rows = 2_000;
+    let mut figures = Figures::default();
+    for round in 0..24 {
+        let db = env.path(&format!("cut{round}.db"));
+        util::seed_at(&db, rows);
+        // A PUBLISH here is ~200 bytes: cut anywhere from the first PUBLISH
+        // to just past the last one.
+        let cut_at = rng.range(40, 450_000) as usize;
+        let proxy = Proxy::start(broker.port, Fault::CutAfter(cut_at));
+        let prefix = format!("cut{round}");
+        let (db_arg, port, topic) = (
+            db.display().to_string(),
+            proxy.port.to_string(),
+            format!("{prefix}/{{id}}"),
+        );
+        let inflight = rng.pick(&["10", "100", "500"]).to_string();
+        let run = env.run(&[
+            "flush",
+            "--db",
+            &db_arg,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "-t",
+            &topic,
+            "--inflight",
+            &inflight,
+            "--batch",
+            "200",
+            "--ack-timeout",
+            "3",
+            "--json",
+        ]);
+        let code = run.code.unwrap();
+        assert!(
+            code == 0 || code == 75,
+            "seed {}, cut at {cut_at}: exit {code}: {run:#?}",
+            rng.seed
+        );
+        if code == 75 {
+            figures.failed_runs += 1;
+            assert_eq!(run.stderr.lines().count(), 1, "seed {}: {run:#?}", rng.seed);
+        }
+        let j = run.json();
+        assert_eq!(j["exit_code"], code, "the summary tells the exit status");
+        assert_eq!(
+            j["marked"].as_u64().unwrap() as usize,
+            marked_ids(&db, 64).len(),
+            "the summary counts the marks"
+        );
+        drop(proxy);
+        check_round(
+            &Rig {
+                env: &env,
+                broker: &broker,
+                sub: &sub,
+                seed: rng.seed,
+            },
+            &db,
+            &prefix,
+            rows,
+            &mut figures,
+        );
+    }
+    figures.report("link cut");
+    assert!(
+        figures.failed_runs >= 10,
+        "too few cuts hit the flush: {figures:?} (seed {})",
+        rng.seed
+    );
+}
+
+#[test]
+fn the_tool_killed_at_a_random_moment_marks_only_delivered_rows_and_duplicates_stay_within_window_plus_batch()
+ {
+    let mut rng = Rng::new("the_tool_killed_at_a_random_moment");
+    let env = TestEnv::new("sigkill");
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let rows = 8_000;
+    let (inflight, batch) = (50, 200);
+    let mut figures = Figures::default();
+    for round in 0..20 {
+        let db = env.path(&format!("kill{round}.db"));
+        util::seed_at(&db, rows);
+        let prefix = format!("kill{round}");
+        let (db_arg, url, topic) = (
+            db.display().to_string(),
+            broker.url(),
+            format!("{prefix}/{{id}}"),
+        );
+        let (w, b) = (inflight.to_string(), batch.to_string());
+        let mut child = env
+            .cmd(&[
+                "flush",
+                "--db",
+                &db_arg,
+                "-L",
+                &url,
+                "-t",
+                &topic,
+                "--inflight",
+                &w,
+                "--batch",
+                &b,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let delay = Duration::from_millis(rng.range(5, 400));
+        std::thread::sleep(delay);
+        let finished_first = child.try_wait().unwrap().is_some();
+        child.kill().unwrap(); // SIGKILL
+        let _ = child.wait();
+        if !finished_first {
+            figures.failed_runs += 1;
+        }
+        check_round(
+            &Rig {
+                env: &env,
+                broker: &broker,
+                sub: &sub,
+                seed: rng.seed,
+            },
+            &db,
+            &prefix,
+            rows,
+            &mut figures,
+        );
+        let dups: usize = received_under(&sub, &prefix).values().map(|n| n - 1).sum();
+        assert!(
+            dups <= inflight + batch,
+            "seed {}, round {round} (killed after {delay:?}): {dups} duplicates, more than window {inflight} + batch {batch}",
+            rng.seed
+        );
+    }
+    figures.report("SIGKILL");
+    assert!(
+        figures.failed_runs >= 10,
+        "too few kills hit a running flush: {figures:?} (seed {})",
+        rng.seed
+    );
+}
+
+#[test]
+fn acks_swallowed_by_the_link_end_the_run_in_ack_timeout_and_only_acknowledged_rows_are_marked() {
+    let mut rng = Rng::new("acks_swallowed_by_the_link");
+    let env = TestEnv::new("swallow");
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let rows = 1_000;
+    let mut figures = Figures::default();
+    for round in 0..4 {
+        let db = env.path(&format!("ack{round}.db"));
+        util::seed_at(&db, rows);
+        let relayed = rng.range(0, 600) as usize;
+        let proxy = Proxy::start(broker.port, Fault::SwallowPubAcksAfter(relayed));
+        let prefix = format!("ack{round}");
+        let (db_arg, port, topic) = (
+            db.display().to_string(),
+            proxy.port.to_string(),
+            format!("{prefix}/{{id}}"),
+        );
+        let run = env.run(&[
+            "flush",
+            "--db",
+            &db_arg,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "-t",
+            &topic,
+            "--ack-timeout",
+            "1",
+            "--json",
+        ]);
+        run.expect_code(75)
+            .expect_one_error_line("not acknowledged within --ack-timeout 1 s");
+        figures.failed_runs += 1;
+        // 1 s of silence, plus the time the relayed part took.
+        assert!(
+            run.elapsed < Duration::from_secs(6),
+            "seed {}: took {:?}",
+            rng.seed,
+            run.elapsed
+        );
+        let marked = marked_ids(&db, 64);
+        assert_eq!(
+            marked.len(),
+            relayed,
+            "seed {}: exactly the acknowledged rows are marked",
+            rng.seed
+        );
+        assert_eq!(
+            proxy.acks_relayed.load(std::sync::atomic::Ordering::SeqCst),
+            relayed
+        );
+        let j = run.json();
+        assert_eq!(j["acknowledged"].as_u64(), Some(relayed as u64));
+        assert_eq!(j["marked"].as_u64(), Some(relayed as u64));
+        drop(proxy);
+        check_round(
+            &Rig {
+                env: &env,
+                broker: &broker,
+                sub: &sub,
+                seed: rng.seed,
+            },
+            &db,
+            &prefix,
+            rows,
+            &mut figures,
+        );
+    }
+    figures.report("swallowed PUBACKs");
+}
+
+fn producer_with_back_to_back_runs(journal_mode: &str) {
+    let env = TestEnv::new(&format!("producer-{journal_mode}"));
+    let c = env.seed(0);
+    let mode: String = c
+        .query_row(&format!("PRAGMA journal_mode = {journal_mode}"), [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(mode, journal_mode);
+    drop(c);
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let db_path = env.db();
+    // The producer: 10 rows every 5 ms for up to 3 s, its own busy timeout,
+    // and it must never fail.
+    let producer = std::thread::spawn(move || {
+        let mut c = rusqlite::Connection::open(&db_path).unwrap();
+        c.busy_timeout(Duration::from_secs(5)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut inserted = 0usize;
+        while Instant::now() < deadline && inserted < 6_000 {
+            let tx = c.transaction().unwrap();
+            for _ in 0..10 {
+                tx.execute("INSERT INTO sensorParser (id_wasp, sensor, value) VALUES ('node_01', 'TC', '21.5')", [])
+                    .unwrap();
+            }
+            tx.commit().unwrap();
+            inserted += 10;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        inserted
+    });
+    let (db, url) = (env.db_arg(), broker.url());
+    let mut runs = 0;
+    let start = Instant::now();
+    while !producer.is_finished() && start.elapsed() < Duration::from_secs(20) {
+        let run = env.run(&["flush", "--db", &db, "-L", &url, "--batch", "100"]);
+        assert_eq!(run.code, Some(0), "{journal_mode}: {run:#?}");
+        assert!(!run.stderr.contains("locked"), "{run:#?}");
+        runs += 1;
+    }
+    let inserted = producer.join().unwrap();
+    env.run(&["flush", "--db", &db, "-L", &url]).expect_code(0);
+    let all: BTreeSet<i64> = (1..=inserted as i64).collect();
+    let got: BTreeSet<i64> = sub
+        .wait_for(inserted, WAIT)
+        .iter()
+        .map(|m| m.id())
+        .collect();
+    assert_eq!(got, all, "{journal_mode}: a row was lost");
+    assert_eq!(marked_ids(&env.db(), 64), all);
+    println!(
+        "producer, {journal_mode}: {inserted} rows inserted during {runs} back-to-back runs, none lost, no lock failure"
+    );
+}
+
+#[test]
+fn a_producer_inserting_steadily_in_wal_mode_loses_no_row_and_sees_no_lock_failure() {
+    producer_with_back_to_back_runs("wal");
+}
+
+#[test]
+fn a_producer_inserting_steadily_in_rollback_journal_mode_loses_no_row_and_sees_no_lock_failure() {
+    producer_with_back_to_back_runs("delete");
+}
+
+#[test]
+fn overlapping_runs_started_together_let_exactly_one_publish() {
+    let env = TestEnv::new("overlap");
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    for round in 0..3 {
+        let db = env.path(&format!("overlap{round}.db"));
+        util::seed_at(&db, 30_000);
+        let prefix = format!("o{round}");
+        let (db_arg, url, topic) = (
+            db.display().to_string(),
+            broker.url(),
+            format!("{prefix}/{{id}}"),
+        );
+        let args = ["flush", "--db", &db_arg, "-L", &url, "-t", &topic];
+        let a = env
+            .cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let b = env
+            .cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (a, b) = (util::wait_output(a, WAIT), util::wait_output(b, WAIT));
+        let mut codes = [a.status.code(), b.status.code()];
+        codes.sort();
+        assert_eq!(codes, [Some(0), Some(75)], "{a:?} {b:?}");
+        let loser = if a.status.code() == Some(75) { &a } else { &b };
+        let stderr = String::from_utf8_lossy(&loser.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains("another frameflush run holds"), "{stderr}");
+        let all: BTreeSet<i64> = (1..=30_000).collect();
+        let got = wait_received(&sub, &prefix, &all);
+        assert_eq!(got.len(), 30_000);
+        assert!(got.values().all(|&n| n == 1), "a row was published twice");
+    }
+}
