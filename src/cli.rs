@@ -70,10 +70,10 @@ pub struct FlushArgs {
     /// broker host name or address (default localhost)
     #[argh(option)]
     pub host: Option<String>,
-    /// broker port (default 1883)
+    /// broker port (default 1883, 8883 with TLS)
     #[argh(option)]
     pub port: Option<u16>,
-    /// broker as a URL: mqtt://[USER@]HOST[:PORT][/TOPIC]
+    /// broker as a URL: mqtt://[USER@]HOST[:PORT][/TOPIC], or mqtts:// for TLS
     #[argh(option, short = 'L')]
     pub url: Option<String>,
     /// MQTT client id (default frameflush-<hostname>, plus -<mask> for a sync mask other than 64)
@@ -85,6 +85,21 @@ pub struct FlushArgs {
     /// file holding the MQTT password (first line); see also FRAMEFLUSH_PASSWORD
     #[argh(option)]
     pub pw_file: Option<String>,
+    /// CA certificate(s) (PEM) to verify the broker with; turns TLS on (default port 8883)
+    #[argh(option)]
+    pub cafile: Option<String>,
+    /// client certificate (PEM) for mutual TLS; goes with --key
+    #[argh(option)]
+    pub cert: Option<String>,
+    /// private key (PEM: PKCS#8, PKCS#1 or SEC1) of --cert
+    #[argh(option)]
+    pub key: Option<String>,
+    /// TLS without checking that the broker's certificate names the host (a warning says so)
+    #[argh(switch)]
+    pub insecure: bool,
+    /// TLS application protocol to ask for (ALPN), e.g. x-amzn-mqtt-ca for AWS IoT on port 443
+    #[argh(option)]
+    pub alpn: Option<String>,
     /// keep-alive interval in seconds, 0 for none (default 60)
     #[argh(option, short = 'k')]
     pub keepalive: Option<u16>,

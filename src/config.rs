@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::cli::FlushArgs;
 use crate::error::{Error, Exit, Result};
 use crate::template::{PayloadFormat, Template};
+use crate::tls::{Tls, TlsOptions, secret_file_warning};
 
 /// The environment variable the MQTT password may come from.
 pub const PASSWORD_ENV: &str = "FRAMEFLUSH_PASSWORD";
@@ -52,6 +53,9 @@ pub struct Config {
     pub dry_run: bool,
     pub json: bool,
     pub log: Log,
+    /// Things the user should know but that do not stop the run (a secret
+    /// file readable by others, `--insecure`); printed unless quiet.
+    pub warnings: Vec<String>,
 }
 
 /// How much a run says on stderr.
@@ -72,6 +76,9 @@ pub struct Broker {
     pub password: Option<Secret>,
     pub keepalive: Duration,
     pub connect_timeout: Duration,
+    /// TLS settings, when TLS is on.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub tls: Option<Tls>,
 }
 
 /// A secret that never prints: its Debug and Display say `<redacted>`.
@@ -103,6 +110,11 @@ struct FileSettings {
     username: Option<String>,
     password: Option<serde::de::IgnoredAny>,
     pw_file: Option<String>,
+    cafile: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+    insecure: Option<bool>,
+    alpn: Option<String>,
     keepalive: Option<u16>,
     connect_timeout: Option<f64>,
     topic: Option<String>,
@@ -281,6 +293,7 @@ impl Target {
 /// The parts of an `mqtt://[USER@]HOST[:PORT][/TOPIC]` URL.
 #[derive(Debug, Default, PartialEq, Eq)]
 struct Url {
+    tls: bool,
     host: String,
     port: Option<u16>,
     username: Option<String>,
@@ -288,17 +301,20 @@ struct Url {
 }
 
 fn parse_url(s: &str) -> std::result::Result<Url, String> {
-    let rest = if let Some(rest) = s
+    let (tls, rest) = if let Some(rest) = s
         .strip_prefix("mqtt://")
         .or_else(|| s.strip_prefix("tcp://"))
     {
-        rest
-    } else if s.starts_with("mqtts://") || s.starts_with("ssl://") {
-        return Err(format!(
-            "{s:?} asks for TLS, which this version does not support yet"
-        ));
+        (false, rest)
+    } else if let Some(rest) = s
+        .strip_prefix("mqtts://")
+        .or_else(|| s.strip_prefix("ssl://"))
+    {
+        (true, rest)
     } else {
-        return Err(format!("{s:?} is not an mqtt://HOST[:PORT] URL"));
+        return Err(format!(
+            "{s:?} is not an mqtt://HOST[:PORT] or mqtts://HOST[:PORT] URL"
+        ));
     };
     let (authority, topic) = match rest.find('/') {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
@@ -346,6 +362,7 @@ fn parse_url(s: &str) -> std::result::Result<Url, String> {
         },
     };
     Ok(Url {
+        tls,
         host: host.to_string(),
         port,
         username: userinfo.map(str::to_string),
@@ -393,7 +410,7 @@ impl Config {
     ) -> Result<Config> {
         let file = read_file_settings(args.config.as_deref())?;
         let target = target(
-            pick("db", args.db.clone(), file.db),
+            pick("db", args.db.clone(), file.db.clone()),
             pick("sync-mask", args.sync_mask, file.sync_mask),
             pick("busy-timeout", args.busy_timeout, file.busy_timeout),
         )?;
@@ -419,6 +436,10 @@ impl Config {
                 "config keys \"url\" and \"host\"/\"port\" both name the broker: keep one",
             ));
         }
+        let url_tls = flag_url
+            .as_ref()
+            .or(file_url.as_ref())
+            .is_some_and(|u| u.tls);
         let (fu_host, fu_port, fu_user, fu_topic) = match file_url {
             Some(u) => (Some(u.host), u.port, u.username, u.topic),
             None => (None, None, None, None),
@@ -444,7 +465,10 @@ impl Config {
                     .to_string()
             }
         };
+        let mut warnings = Vec::new();
+        let tls = tls_settings(args, &file, url_tls, env, &mut warnings)?;
         let port = match pick("port", args.port.or(au_port), file.port.or(fu_port)) {
+            None if tls.is_some() => 8883,
             None => 1883,
             Some(p) if p.v == 0 => return Err(p.bad("must be from 1 to 65535")),
             Some(p) => p.v,
@@ -479,7 +503,12 @@ impl Config {
         };
         let password = match pick("pw-file", args.pw_file.clone(), file.pw_file.clone()) {
             Some(f) if f.v.is_empty() => return Err(f.bad("is empty: give the password file")),
-            Some(f) => Some(read_password_file(Path::new(&f.v))?),
+            Some(f) => {
+                let path = Path::new(&f.v);
+                let secret = read_password_file(path)?;
+                warnings.extend(secret_file_warning(path, "password file"));
+                Some(secret)
+            }
             None => match env(PASSWORD_ENV) {
                 None => None,
                 Some(p) => match p.into_string() {
@@ -585,6 +614,7 @@ impl Config {
                 password,
                 keepalive,
                 connect_timeout,
+                tls,
             },
             topic,
             payload,
@@ -602,8 +632,66 @@ impl Config {
                 debug: flag(args.debug, file.debug),
                 quiet: flag(args.quiet, file.quiet),
             },
+            warnings,
         })
     }
+}
+
+/// The TLS settings when TLS is on (an `mqtts://` URL, `--cafile` or
+/// `--cert`), with every file read and checked now.
+fn tls_settings(
+    args: &FlushArgs,
+    file: &FileSettings,
+    url_tls: bool,
+    env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Tls>> {
+    let path = |v: Option<Val<String>>| -> Result<Option<PathBuf>> {
+        match v {
+            Some(p) if p.v.is_empty() => Err(p.bad("is empty: give a file")),
+            Some(p) => Ok(Some(PathBuf::from(p.v))),
+            None => Ok(None),
+        }
+    };
+    let cafile = path(pick("cafile", args.cafile.clone(), file.cafile.clone()))?;
+    let cert = pick("cert", args.cert.clone(), file.cert.clone());
+    let key = pick("key", args.key.clone(), file.key.clone());
+    match (&cert, &key) {
+        (Some(c), None) => return Err(c.bad("needs a key as well (--key)")),
+        (None, Some(k)) => return Err(k.bad("needs a certificate as well (--cert)")),
+        _ => {}
+    }
+    let (cert, key) = (path(cert)?, path(key)?);
+    let insecure = pick("insecure", args.insecure.then_some(true), file.insecure).filter(|v| v.v);
+    let alpn = match pick("alpn", args.alpn.clone(), file.alpn.clone()) {
+        Some(a) if a.v.is_empty() || a.v.len() > 255 => return Err(a.bad("must be 1 to 255 bytes")),
+        other => other,
+    };
+    if !(url_tls || cafile.is_some() || cert.is_some()) {
+        if let Some(i) = insecure {
+            return Err(i.bad("has no effect without TLS (an mqtts:// URL or --cafile)"));
+        }
+        if let Some(a) = alpn {
+            return Err(a.bad("has no effect without TLS (an mqtts:// URL or --cafile)"));
+        }
+        return Ok(None);
+    }
+    if let Some(k) = &key {
+        warnings.extend(secret_file_warning(k, "key file"));
+    }
+    if insecure.is_some() {
+        warnings.push(
+            "--insecure: the broker's certificate is not checked against its host name".into(),
+        );
+    }
+    let opts = TlsOptions {
+        cafile,
+        cert,
+        key,
+        insecure: insecure.is_some(),
+        alpn: alpn.map(|a| a.v),
+    };
+    Tls::build(&opts, env).map(Some)
 }
 
 #[cfg(test)]
@@ -626,6 +714,7 @@ mod tests {
         assert_eq!(
             parse_url("mqtt://alice@broker.example:8884/a/b"),
             Ok(Url {
+                tls: false,
                 host: "broker.example".into(),
                 port: Some(8884),
                 username: Some("alice".into()),
@@ -637,6 +726,11 @@ mod tests {
             Ok(("::1".into(), Some(1884)))
         );
         assert_eq!(parse_url("tcp://h").map(|u| u.port), Ok(None));
+        assert_eq!(
+            parse_url("mqtts://h:8884").map(|u| (u.tls, u.port)),
+            Ok((true, Some(8884)))
+        );
+        assert_eq!(parse_url("ssl://h").map(|u| u.tls), Ok(true));
         for bad in [
             "http://h",
             "mqtt://",

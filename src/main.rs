@@ -16,6 +16,7 @@ mod publish;
 mod row;
 mod run;
 mod template;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -92,6 +93,11 @@ fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
                 }
             };
             *quiet = cfg.log.quiet;
+            if !cfg.log.quiet {
+                for w in &cfg.warnings {
+                    eprintln!("frameflush: warning: {w}");
+                }
+            }
             let (summary, error) = run::flush(&cfg);
             if cfg.json {
                 print_json(&summary);

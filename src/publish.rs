@@ -165,6 +165,12 @@ impl Session {
             .set_clean_session(true)
             .set_inflight(inflight)
             .set_max_packet_size(16 * 1024, packet_size(MAX_TOPIC_LEN, max_payload));
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &broker.tls {
+            opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+                tls.config.clone(),
+            )));
+        }
         if let (Some(user), Some(pw)) = (&broker.username, &broker.password) {
             opts.set_credentials(user.clone(), pw.expose().to_string());
         } else if let Some(user) = &broker.username {
@@ -248,6 +254,12 @@ impl Session {
             Ok(Ok(event)) => event,
             Ok(Err(e)) => {
                 self.broken = true;
+                if let Some(tls_error) = crate::tls::handshake_failure(&e, &self.name) {
+                    return Err(Error::new(
+                        Exit::TempFail,
+                        format!("connection to broker lost: {tls_error}"),
+                    ));
+                }
                 return Err(Error::new(
                     Exit::TempFail,
                     format!(
@@ -345,6 +357,9 @@ fn describe(e: &ConnectionError) -> String {
 }
 
 fn connect_error(name: &str, broker: &Broker, e: ConnectionError) -> Error {
+    if let Some(tls_error) = crate::tls::handshake_failure(&e, &broker.host) {
+        return tls_error;
+    }
     match e {
         ConnectionError::ConnectionRefused(code) => match code {
             ConnectReturnCode::BadUserNamePassword => Error::new(

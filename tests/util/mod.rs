@@ -415,6 +415,10 @@ impl Subscriber {
     /// Subscribes to `filter` and returns once the broker acknowledged the
     /// subscription.
     pub fn connect(port: u16, filter: &str) -> Subscriber {
+        Subscriber::connect_opts(port, filter, None)
+    }
+
+    fn connect_opts(port: u16, filter: &str, login: Option<(&str, &str)>) -> Subscriber {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let mut opts = rumqttc::MqttOptions::new(
             format!("test-sub-{}-{n}", std::process::id()),
@@ -423,6 +427,9 @@ impl Subscriber {
         );
         opts.set_max_packet_size(1 << 20, 1 << 20)
             .set_keep_alive(Duration::from_secs(30));
+        if let Some((user, password)) = login {
+            opts.set_credentials(user, password);
+        }
         let (client, mut connection) = rumqttc::Client::new(opts, 10);
         client.subscribe(filter, rumqttc::QoS::AtLeastOnce).unwrap();
         let messages = Arc::new(Mutex::new(Vec::new()));
@@ -858,4 +865,203 @@ pub fn seed_at(path: &Path, n: usize) -> Connection {
     c.execute_batch(SCHEMA).unwrap();
     insert_rows(&mut c, n, 0);
     c
+}
+
+/// A throwaway PKI made with the `openssl` command, once per test process:
+/// a CA, server certificates for 127.0.0.1/localhost and for another name,
+/// a second CA, and client certificates whose keys come in PKCS#8, PKCS#1
+/// and SEC1 PEM. Keys are mode 0600.
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn get() -> &'static Pki {
+        static PKI: std::sync::OnceLock<Pki> = std::sync::OnceLock::new();
+        PKI.get_or_init(Pki::make)
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn make() -> Pki {
+        let dir = std::env::temp_dir()
+            .join("frameflush-tests")
+            .join(format!("pki-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .expect("the openssl command is installed");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let (key, pem, subj) = (
+                format!("{ca}.key"),
+                format!("{ca}.pem"),
+                format!("/CN=frameflush test {ca}"),
+            );
+            let mut a = vec!["req", "-x509"];
+            a.extend(ec);
+            a.extend([
+                "-keyout", &key, "-out", &pem, "-days", "3650", "-subj", &subj,
+            ]);
+            openssl(&a);
+        }
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("wrongname.ext"),
+            "subjectAltName=DNS:broker.elsewhere.example\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("client.ext"),
+            "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+        )
+        .unwrap();
+        let sign = |name: &str, ext: &str, key_args: &[&str]| {
+            let mut a = vec!["req"];
+            a.extend(key_args);
+            let (key, csr, pem) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.pem"),
+            );
+            a.extend([
+                "-keyout",
+                &key,
+                "-out",
+                &csr,
+                "-subj",
+                "/CN=frameflush test",
+            ]);
+            openssl(&a);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "365",
+                "-extfile",
+                ext,
+            ]);
+        };
+        sign("server", "server.ext", &ec);
+        sign("wrongname", "wrongname.ext", &ec);
+        // PKCS#8 (openssl's default), then the same key as PKCS#1.
+        sign(
+            "client-pkcs8",
+            "client.ext",
+            &["-newkey", "rsa:2048", "-nodes"],
+        );
+        openssl(&[
+            "rsa",
+            "-in",
+            "client-pkcs8.key",
+            "-traditional",
+            "-out",
+            "client-pkcs1.key",
+        ]);
+        std::fs::copy(dir.join("client-pkcs8.pem"), dir.join("client-pkcs1.pem")).unwrap();
+        // SEC1: an EC key in "BEGIN EC PRIVATE KEY" form.
+        openssl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            "client-sec1.key",
+        ]);
+        openssl(&[
+            "req",
+            "-new",
+            "-key",
+            "client-sec1.key",
+            "-out",
+            "client-sec1.csr",
+            "-subj",
+            "/CN=frameflush test",
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "client-sec1.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client-sec1.pem",
+            "-days",
+            "365",
+            "-extfile",
+            "client.ext",
+        ]);
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "key") {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+            }
+        }
+        let pkcs1 = std::fs::read_to_string(dir.join("client-pkcs1.key")).unwrap();
+        assert!(pkcs1.contains("BEGIN RSA PRIVATE KEY"), "{pkcs1}");
+        let sec1 = std::fs::read_to_string(dir.join("client-sec1.key")).unwrap();
+        assert!(sec1.contains("BEGIN EC PRIVATE KEY"), "{sec1}");
+        Pki { dir }
+    }
+
+    /// mosquitto lines for a TLS listener using the server certificate
+    /// `server` (`server` or `wrongname`), then a plain listener on
+    /// `plain_port` for the test's subscriber.
+    pub fn listener_conf(
+        &self,
+        server: &str,
+        require_certificate: bool,
+        plain_port: u16,
+    ) -> String {
+        format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {require_certificate}\nlistener {plain_port} 127.0.0.1\n",
+            self.path("ca.pem"),
+            self.path(&format!("{server}.pem")),
+            self.path(&format!("{server}.key")),
+        )
+    }
+}
+
+impl Subscriber {
+    /// A subscriber that logs in with a user name and password.
+    pub fn connect_as(port: u16, filter: &str, user: &str, password: &str) -> Subscriber {
+        Subscriber::connect_opts(port, filter, Some((user, password)))
+    }
 }
