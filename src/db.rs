@@ -613,7 +613,7 @@ fn field(v: rusqlite::types::ValueRef<'_>) -> Field {
 pub fn db_error(path: &str, what: &str, e: rusqlite::Error, busy_secs: f64) -> Error {
     let code = e.sqlite_error_code();
     let detail = match &e {
-        rusqlite::Error::SqliteFailure(err, Some(msg)) => format!("{msg} ({:?})", err.code),
+        rusqlite::Error::SqliteFailure(_, Some(msg)) => msg.clone(),
         other => other.to_string(),
     };
     match code {

@@ -199,8 +199,10 @@ fn dry_run(cfg: &Config, summary: &mut Summary) -> Result<()> {
 }
 
 fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()> {
-    let _lock = RunLock::acquire(&cfg.target.lock_path())?;
+    // The database is checked before the lock file is made beside it: a
+    // missing database leaves no stray lock file.
     let mut db = Db::open(&cfg.target, Mode::ReadWrite)?;
+    let _lock = RunLock::acquire(&cfg.target.lock_path())?;
     db.ensure_schema()?;
     if cfg.log.debug {
         eprintln!("frameflush: query plan: {}", db.selection_plan()?);
@@ -213,6 +215,7 @@ fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()
         }
         return Ok(());
     }
+    summary.selected += first.len() as u64;
     db.begin_run()?;
     let result = drain(cfg, &mut db, first, want, summary, start);
     let exit = exit_status(summary, result.as_ref().err());
@@ -242,7 +245,6 @@ fn drain(
     let mut queue = VecDeque::with_capacity(first.len());
     let mut more = first.len() == want;
     let mut after = first.last().map_or(0, |r| r.id);
-    summary.selected += first.len() as u64;
     chunk_log(log, summary, first.len());
     render_and_record(cfg, db, first, summary, &mut queue)?;
     if queue.is_empty() && !more {
@@ -254,34 +256,34 @@ fn drain(
     let mut acked: Vec<i64> = Vec::with_capacity(cfg.batch.min(window.max(64) * 4));
     let mut oldest_unmarked_ack: Option<Instant> = None;
     let mut last_progress = Instant::now();
+    // A failure that ends the run at once (the connection, marking).
     let mut failure: Option<Error> = None;
+    // A failure after which nothing more is published, but what is in
+    // flight still gets --ack-timeout to be acknowledged and marked (the
+    // database could not be read further), and when.
+    let mut stopped: Option<(Error, Instant)> = None;
 
     loop {
         let now = Instant::now();
-        let publishing = now < publish_deadline;
+        let mut publishing = now < publish_deadline && stopped.is_none();
         // Refill from the database once the current chunk has gone out.
         if publishing && queue.is_empty() && more {
             let want = next_chunk(cfg, summary.selected);
             if want == 0 {
                 more = false;
             } else {
-                match db.select_unsent(after, want) {
-                    Ok(rows) => {
-                        more = rows.len() == want;
-                        if let Some(last) = rows.last() {
-                            after = last.id;
-                        }
-                        summary.selected += rows.len() as u64;
-                        chunk_log(log, summary, rows.len());
-                        if let Err(e) = render_and_record(cfg, db, rows, summary, &mut queue) {
-                            failure = Some(e);
-                            break;
-                        }
+                let refill = db.select_unsent(after, want).and_then(|rows| {
+                    more = rows.len() == want;
+                    if let Some(last) = rows.last() {
+                        after = last.id;
                     }
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
+                    summary.selected += rows.len() as u64;
+                    chunk_log(log, summary, rows.len());
+                    render_and_record(cfg, db, rows, summary, &mut queue)
+                });
+                if let Err(e) = refill {
+                    stopped = Some((e, now));
+                    publishing = false;
                 }
             }
         }
@@ -304,11 +306,16 @@ fn drain(
         if session.in_flight() == 0 && (nothing_left || !publishing) {
             break;
         }
-        // Wait for the broker, at most until the next deadline.
-        let ack_deadline = if publishing {
-            last_progress + cfg.ack_timeout
-        } else {
-            (last_progress + cfg.ack_timeout).min(publish_deadline + cfg.ack_timeout)
+        // Wait for the broker, at most until the next deadline. Once
+        // publishing has stopped, what is in flight gets --ack-timeout.
+        let stopped_at = match &stopped {
+            Some((_, at)) => Some(*at),
+            None if !publishing => Some(publish_deadline),
+            None => None,
+        };
+        let ack_deadline = match stopped_at {
+            None => last_progress + cfg.ack_timeout,
+            Some(at) => (last_progress + cfg.ack_timeout).min(at + cfg.ack_timeout),
         };
         let mut wake = ack_deadline;
         if publishing && !queue.is_empty() {
@@ -351,6 +358,11 @@ fn drain(
             }
             oldest_unmarked_ack = None;
         }
+    }
+    // What stopped the publishing is the run's error, before any that came
+    // while the window drained.
+    if let Some((e, _)) = stopped {
+        failure = Some(e);
     }
     // Whatever was acknowledged is marked, also when the run failed.
     if let Err(e) = mark(db, &mut acked, summary, log) {
