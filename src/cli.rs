@@ -121,6 +121,9 @@ pub struct FlushArgs {
     /// unacknowledged PUBLISHes in flight at most, 1 to 65535 (default 100)
     #[argh(option)]
     pub inflight: Option<u16>,
+    /// publish at most this many messages per second (for brokers that limit the rate, e.g. AWS IoT: 100)
+    #[argh(option)]
+    pub rate: Option<f64>,
     /// publish at most this many rows in this run
     #[argh(option)]
     pub limit: Option<u64>,

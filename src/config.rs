@@ -45,6 +45,8 @@ pub struct Config {
     /// Unacknowledged PUBLISHes at most.
     pub inflight: u16,
     pub limit: Option<u64>,
+    /// PUBLISHes per second at most.
+    pub rate: Option<f64>,
     pub max_time: Duration,
     pub ack_timeout: Duration,
     pub max_payload: usize,
@@ -123,6 +125,7 @@ struct FileSettings {
     batch: Option<u32>,
     inflight: Option<u16>,
     limit: Option<u64>,
+    rate: Option<f64>,
     max_time: Option<f64>,
     ack_timeout: Option<f64>,
     max_payload: Option<u32>,
@@ -583,6 +586,16 @@ impl Config {
             Some(l) if l.v == 0 => return Err(l.bad("must be at least 1")),
             Some(l) => Some(l.v),
         };
+        let rate = match pick("rate", args.rate, file.rate) {
+            None => None,
+            Some(r) if !r.v.is_finite() || r.v < 0.01 || r.v > 1_000_000.0 => {
+                return Err(r.bad(format_args!(
+                    "must be from 0.01 to 1000000 messages per second, not {}",
+                    r.v
+                )));
+            }
+            Some(r) => Some(r.v),
+        };
         let max_time = seconds(pick("max-time", args.max_time, file.max_time), 50.0, false)?;
         let ack_timeout = seconds(
             pick("ack-timeout", args.ack_timeout, file.ack_timeout),
@@ -621,6 +634,7 @@ impl Config {
             batch,
             inflight,
             limit,
+            rate,
             max_time,
             ack_timeout,
             max_payload,

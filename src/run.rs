@@ -252,6 +252,13 @@ fn drain(
     }
 
     let mut session = Session::connect(&cfg.broker, cfg.inflight, cfg.max_payload, log)?;
+    // With --rate, the n-th PUBLISH (from 0) goes out no earlier than
+    // n / rate seconds after the connection.
+    let rate_start = Instant::now();
+    let rate_due = |published: u64| {
+        cfg.rate
+            .map(|r| rate_start + Duration::from_secs_f64(published as f64 / r))
+    };
     let window = usize::from(cfg.inflight);
     let mut acked: Vec<i64> = Vec::with_capacity(cfg.batch.min(window.max(64) * 4));
     let mut oldest_unmarked_ack: Option<Instant> = None;
@@ -287,8 +294,15 @@ fn drain(
                 }
             }
         }
-        // Fill the window.
+        // Fill the window (and no faster than --rate).
+        let mut rate_wait = None;
         while publishing && session.in_flight() < window {
+            if let Some(due) = rate_due(summary.published)
+                && Instant::now() < due
+            {
+                rate_wait = Some(due);
+                break;
+            }
             let Some(m) = queue.pop_front() else { break };
             if session.in_flight() == 0 {
                 last_progress = now;
@@ -323,6 +337,9 @@ fn drain(
         }
         if let Some(t) = oldest_unmarked_ack {
             wake = wake.min(t + MARK_INTERVAL);
+        }
+        if let Some(due) = rate_wait {
+            wake = wake.min(due);
         }
         match session.poll(wake.saturating_duration_since(Instant::now())) {
             Ok(Polled::Acked(row)) => {

@@ -734,3 +734,26 @@ fn a_payload_larger_than_rumqttcs_default_10_kib_limit_is_delivered() {
     assert!(got[0].payload.len() > 60_000);
     assert_eq!(marked_ids(&env.db(), 64), BTreeSet::from([1, 2]));
 }
+
+#[test]
+fn rate_caps_the_messages_per_second() {
+    // Only the lower bound is checked (the cap holds however loaded the
+    // machine is); the bench measures how close to the cap a run gets.
+    let env = TestEnv::new("rate");
+    env.seed(101);
+    let broker = Broker::start(&env);
+    let (db, url) = (env.db_arg(), broker.url());
+    let mut args = flush_args(&db, &url);
+    args.extend(["--rate", "200", "--json"]);
+    let run = env.run(&args);
+    run.expect_code(0);
+    assert_eq!(run.json()["marked"], 101);
+    // 101 messages at 200/s: the last goes out 0.5 s after the first.
+    assert!(
+        run.json()["elapsed_ms"].as_u64().unwrap() >= 500,
+        "{run:#?}"
+    );
+    env.run(&["flush", "--db", &db, "--rate", "0"])
+        .expect_code(64)
+        .expect_one_error_line("--rate");
+}
