@@ -38,6 +38,7 @@ pub enum Command {
     Status(StatusArgs),
     Failures(FailuresArgs),
     Requeue(RequeueArgs),
+    Purge(PurgeArgs),
 }
 
 /// Publish unsent rows (oldest first) and mark each one after its PUBACK.
@@ -229,4 +230,35 @@ pub struct RequeueArgs {
     /// ids of the rows to requeue
     #[argh(positional)]
     pub ids: Vec<i64>,
+}
+
+/// Delete rows every destination has, to keep the database small: by age and/or a cap on the row count.
+#[derive(FromArgs, Debug, Default)]
+#[argh(
+    subcommand,
+    name = "purge",
+    example = "frameflush purge --db /var/lib/gateway/sensors.db --older-than 30d --require-mask 192 --max-rows 2000000"
+)]
+pub struct PurgeArgs {
+    /// the SQLite database holding the sensorParser table
+    #[argh(option)]
+    pub db: Option<String>,
+    /// JSON config file (its db, sync-mask and busy-timeout keys are used)
+    #[argh(option)]
+    pub config: Option<String>,
+    /// delete sent rows whose timestamp is older than this: a number and a unit, s m h d or w (e.g. 30d)
+    #[argh(option)]
+    pub older_than: Option<String>,
+    /// the sync bits a row must all have to count as sent, e.g. 192 for bits 64 and 128 (default the config's sync-mask, else 64)
+    #[argh(option)]
+    pub require_mask: Option<u64>,
+    /// keep at most this many rows, deleting the oldest sent rows first (never an unsent one)
+    #[argh(option)]
+    pub max_rows: Option<u64>,
+    /// rewrite the whole file with VACUUM afterwards (locks out the producer while it runs)
+    #[argh(switch)]
+    pub vacuum: bool,
+    /// print one JSON summary object
+    #[argh(switch)]
+    pub json: bool,
 }

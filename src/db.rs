@@ -178,6 +178,16 @@ impl Db {
         conn.busy_timeout(target.busy_timeout)
             .map_err(|e| db_error(&path, "open", e, 0.0))?;
         let busy = target.busy_timeout.as_secs_f64();
+        // A new database gets incremental auto-vacuum (it can only be set
+        // before the first table), so that `purge` can give space back to
+        // the file system without a full VACUUM.
+        let pages: i64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .map_err(|e| db_error(&path, "read", e, busy))?;
+        if pages == 0 {
+            conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
+                .map_err(|e| db_error(&path, "set up", e, busy))?;
+        }
         conn.execute_batch(CREATE_TABLE)
             .map_err(|e| db_error(&path, "create the table in", e, busy))?;
         let mut db = Db::checked(conn, target, Mode::ReadWrite)?;
@@ -579,6 +589,108 @@ impl Db {
         })
     }
 
+    /// Deletes, in one short IMMEDIATE transaction, up to `limit` rows with
+    /// `id > after` whose `require` bits are all set and whose timestamp is
+    /// before `before` (any time when `None`), oldest id first. Returns how
+    /// many were deleted and the last id looked at (`None`: no more rows).
+    pub fn purge_batch(
+        &mut self,
+        require: i64,
+        before: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<(usize, Option<i64>)> {
+        self.write("delete rows from", |tx| {
+            let ids: Vec<i64> = {
+                let mut st = tx.prepare_cached(
+                    "SELECT id FROM sensorParser WHERE id > ?1 AND (sync & ?2) = ?2
+                       AND (?3 IS NULL OR timestamp < ?3) ORDER BY id LIMIT ?4",
+                )?;
+                st.query_map(params![after, require, before, limit as i64], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            let mut del = tx.prepare_cached("DELETE FROM sensorParser WHERE id = ?1")?;
+            for id in &ids {
+                del.execute([id])?;
+            }
+            if !ids.is_empty() && self_has_failures(tx)? {
+                let mut forget =
+                    tx.prepare_cached("DELETE FROM frameflush_failures WHERE row_id = ?1")?;
+                for id in &ids {
+                    forget.execute([id])?;
+                }
+            }
+            Ok((ids.len(), ids.last().copied()))
+        })
+    }
+
+    /// Rows in the table, and rows with any of the `require` bits unset
+    /// (not yet sent to every destination).
+    pub fn row_counts(&self, require: i64) -> Result<(u64, u64)> {
+        let total = self.count("SELECT count(*) FROM sensorParser")?;
+        let unsent = self.count(&format!(
+            "SELECT count(*) FROM sensorParser WHERE (sync & {require}) != {require}"
+        ))?;
+        Ok((total, unsent))
+    }
+
+    /// The timestamp `seconds` ago, in the table's text form (UTC).
+    pub fn cutoff(&self, seconds: u64) -> Result<String> {
+        self.conn
+            .query_row(
+                "SELECT datetime('now', ?1)",
+                [format!("-{seconds} seconds")],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.error("read", e))
+    }
+
+    /// Gives freed pages back to the file system: an incremental vacuum in
+    /// short steps when the database allows it, a full VACUUM only when
+    /// asked (it locks out the producer while it runs), and a WAL
+    /// checkpoint that truncates the log. Returns the pages freed.
+    pub fn reclaim(&mut self, full_vacuum: bool) -> Result<u64> {
+        let pages = |db: &Db| -> Result<i64> {
+            db.conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .map_err(|e| db.error("read", e))
+        };
+        let before = pages(self)?;
+        let auto_vacuum: i64 = self
+            .conn
+            .query_row("PRAGMA auto_vacuum", [], |r| r.get(0))
+            .map_err(|e| self.error("read", e))?;
+        if full_vacuum {
+            self.conn
+                .execute_batch("VACUUM")
+                .map_err(|e| self.error("vacuum", e))?;
+        } else if auto_vacuum == 2 {
+            // INCREMENTAL: 500 pages (2 MiB at 4 KiB pages) per step.
+            loop {
+                let free: i64 = self
+                    .conn
+                    .query_row("PRAGMA freelist_count", [], |r| r.get(0))
+                    .map_err(|e| self.error("read", e))?;
+                if free == 0 {
+                    break;
+                }
+                self.conn
+                    .execute_batch("PRAGMA incremental_vacuum(500)")
+                    .map_err(|e| self.error("vacuum", e))?;
+            }
+        }
+        let wal: String = self
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(|e| self.error("read", e))?;
+        if wal.eq_ignore_ascii_case("wal") {
+            self.conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(|e| self.error("checkpoint", e))?;
+        }
+        Ok(before.saturating_sub(pages(self)?) as u64)
+    }
+
     /// The query plan of the unsent-row selection, for tests and `-d`.
     pub fn selection_plan(&self) -> Result<String> {
         let sql = format!(
@@ -592,6 +704,16 @@ impl Db {
             .map_err(|e| self.error("read", e))?;
         Ok(details.join("; "))
     }
+}
+
+/// frameflush's failure table exists in this transaction's database.
+fn self_has_failures(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<bool> {
+    tx.query_row(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'frameflush_failures'",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
 }
 
 fn field(v: rusqlite::types::ValueRef<'_>) -> Field {

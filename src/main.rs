@@ -13,6 +13,7 @@ mod db;
 mod error;
 mod lock;
 mod publish;
+mod retention;
 mod row;
 mod run;
 mod template;
@@ -163,6 +164,22 @@ fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
                         f.row_id, f.attempts, f.last_error
                     ));
                 }
+            }
+            Ok(Exit::Ok)
+        }
+        Command::Purge(args) => {
+            let target = Target::from_flags(args.db.as_deref(), args.config.as_deref(), None)?;
+            let purged = retention::purge(&args, &target)?;
+            if purged.over_cap
+                && let Some(cap) = args.max_rows
+            {
+                eprintln!(
+                    "frameflush: warning: {}",
+                    retention::over_cap_warning(&purged, cap)
+                );
+            }
+            if args.json {
+                print_json(&purged);
             }
             Ok(Exit::Ok)
         }
