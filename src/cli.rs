@@ -143,6 +143,9 @@ pub struct FlushArgs {
     /// runs that may fail to turn a row into a message before it is quarantined (default 3)
     #[argh(option)]
     pub max_attempts: Option<u32>,
+    /// write Prometheus metrics (textfile-collector format) to this file at the end of each run
+    #[argh(option)]
+    pub metrics_file: Option<String>,
     /// print topic<TAB>payload for what would go out; connect to nothing, mark nothing
     #[argh(switch)]
     pub dry_run: bool,
@@ -175,7 +178,7 @@ pub struct InitArgs {
     pub sync_mask: Option<u64>,
 }
 
-/// Print how many rows are unsent for the sync mask, the oldest unsent timestamp and the total.
+/// Print the backlog of each destination (sync mask): unsent rows, the oldest one's age, quarantined rows, the last run.
 #[derive(FromArgs, Debug, Default)]
 #[argh(subcommand, name = "status")]
 pub struct StatusArgs {
@@ -185,9 +188,9 @@ pub struct StatusArgs {
     /// JSON config file (its db, sync-mask and busy-timeout keys are used)
     #[argh(option)]
     pub config: Option<String>,
-    /// the sync bit to report on (default 64)
+    /// a sync bit to report on; repeat for several (default: every bit the database has seen, and 64)
     #[argh(option)]
-    pub sync_mask: Option<u64>,
+    pub sync_mask: Vec<u64>,
     /// print one JSON object instead of text
     #[argh(switch)]
     pub json: bool,

@@ -52,6 +52,8 @@ pub struct Config {
     pub max_payload: usize,
     /// Runs a row may fail before it is quarantined.
     pub max_attempts: u32,
+    /// Where to write Prometheus metrics at the end of the run.
+    pub metrics_file: Option<PathBuf>,
     pub dry_run: bool,
     pub json: bool,
     pub log: Log,
@@ -131,6 +133,7 @@ struct FileSettings {
     max_payload: Option<u32>,
     busy_timeout: Option<f64>,
     max_attempts: Option<u32>,
+    metrics_file: Option<String>,
     dry_run: Option<bool>,
     json: Option<bool>,
     verbose: Option<bool>,
@@ -174,6 +177,26 @@ impl<T> Val<T> {
     }
 }
 
+/// Like [`pick`], for a value a URL may also give: the flag, else the
+/// flag's URL, else the file's key, else the file's URL. A bad value is
+/// then blamed on the URL when it came from one.
+fn pick_or_url<T>(
+    key: &'static str,
+    flag: Option<T>,
+    flag_url: Option<T>,
+    file: Option<T>,
+    file_url: Option<T>,
+) -> Option<Val<T>> {
+    let (v, from, key) = match (flag, flag_url, file, file_url) {
+        (Some(v), ..) => (v, Origin::Flag, key),
+        (None, Some(v), ..) => (v, Origin::Flag, "url"),
+        (None, None, Some(v), _) => (v, Origin::File, key),
+        (None, None, None, Some(v)) => (v, Origin::File, "url"),
+        (None, None, None, None) => return None,
+    };
+    Some(Val { v, from, key })
+}
+
 /// The flag's value if given, else the file's.
 fn pick<T>(key: &'static str, flag: Option<T>, file: Option<T>) -> Option<Val<T>> {
     match (flag, file) {
@@ -195,6 +218,9 @@ fn read_file_settings(path: Option<&str>) -> Result<FileSettings> {
     let Some(path) = path else {
         return Ok(FileSettings::default());
     };
+    if path.is_empty() {
+        return Err(Error::usage("--config is empty: give the config file"));
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| Error::config(format!("cannot read config file {path}: {}", io_reason(&e))))?;
     if !text.trim_start().starts_with('{') {
@@ -315,9 +341,7 @@ fn parse_url(s: &str) -> std::result::Result<Url, String> {
     {
         (true, rest)
     } else {
-        return Err(format!(
-            "{s:?} is not an mqtt://HOST[:PORT] or mqtts://HOST[:PORT] URL"
-        ));
+        return Err("is not an mqtt://HOST[:PORT] or mqtts://HOST[:PORT] URL".to_string());
     };
     let (authority, topic) = match rest.find('/') {
         Some(i) => (&rest[..i], Some(&rest[i + 1..])),
@@ -339,13 +363,13 @@ fn parse_url(s: &str) -> std::result::Result<Url, String> {
     }
     let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
         let Some(end) = inner.find(']') else {
-            return Err(format!("{s:?} has an unclosed '[' in the host"));
+            return Err("has an unclosed '[' in the host".to_string());
         };
         let after = &inner[end + 1..];
         let port = match after.strip_prefix(':') {
             Some(p) => Some(p),
             None if after.is_empty() => None,
-            None => return Err(format!("{s:?} has text after the ']' of the host")),
+            None => return Err("has text after the ']' of the host".to_string()),
         };
         (&inner[..end], port)
     } else {
@@ -355,13 +379,13 @@ fn parse_url(s: &str) -> std::result::Result<Url, String> {
         }
     };
     if host.is_empty() {
-        return Err(format!("{s:?} has no host"));
+        return Err("has no host".to_string());
     }
     let port = match port {
         None => None,
         Some(p) => match p.parse::<u16>() {
             Ok(p) if p > 0 => Some(p),
-            _ => return Err(format!("{s:?} has a bad port {p:?} (1 to 65535)")),
+            _ => return Err(format!("has a bad port {p:?} (1 to 65535)")),
         },
     };
     Ok(Url {
@@ -452,10 +476,12 @@ impl Config {
             None => (None, None, None, None),
         };
 
-        let host = pick(
+        let host = pick_or_url(
             "host",
-            args.host.clone().or(au_host),
-            file.host.clone().or(fu_host),
+            args.host.clone(),
+            au_host,
+            file.host.clone(),
+            fu_host,
         );
         let host = match host {
             None => "localhost".to_string(),
@@ -470,7 +496,7 @@ impl Config {
         };
         let mut warnings = Vec::new();
         let tls = tls_settings(args, &file, url_tls, env, &mut warnings)?;
-        let port = match pick("port", args.port.or(au_port), file.port.or(fu_port)) {
+        let port = match pick_or_url("port", args.port, au_port, file.port, fu_port) {
             None if tls.is_some() => 8883,
             None => 1883,
             Some(p) if p.v == 0 => return Err(p.bad("must be from 1 to 65535")),
@@ -493,10 +519,12 @@ impl Config {
                 id.v
             }
         };
-        let username = match pick(
+        let username = match pick_or_url(
             "username",
-            args.username.clone().or(au_user),
-            file.username.clone().or(fu_user),
+            args.username.clone(),
+            au_user,
+            file.username.clone(),
+            fu_user,
         ) {
             None => None,
             Some(u) if u.v.is_empty() || u.v.len() > 65_535 || u.v.contains('\0') => {
@@ -551,10 +579,12 @@ impl Config {
             false,
         )?;
 
-        let topic = match pick(
+        let topic = match pick_or_url(
             "topic",
-            args.topic.clone().or(au_topic),
-            file.topic.clone().or(fu_topic),
+            args.topic.clone(),
+            au_topic,
+            file.topic.clone(),
+            fu_topic,
         ) {
             None => Template::parse(DEFAULT_TOPIC).map_err(|e| Error::new(Exit::Config, e))?,
             Some(t) => {
@@ -616,6 +646,14 @@ impl Config {
             }
             Some(m) => m.v,
         };
+        let metrics_file = match pick(
+            "metrics-file",
+            args.metrics_file.clone(),
+            file.metrics_file.clone(),
+        ) {
+            Some(m) if m.v.is_empty() => return Err(m.bad("is empty: give a file")),
+            other => other.map(|m| PathBuf::from(m.v)),
+        };
         let flag = |cli: bool, file: Option<bool>| cli || file.unwrap_or(false);
         Ok(Config {
             target,
@@ -639,6 +677,7 @@ impl Config {
             ack_timeout,
             max_payload,
             max_attempts,
+            metrics_file,
             dry_run: flag(args.dry_run, file.dry_run),
             json: flag(args.json, file.json),
             log: Log {

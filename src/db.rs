@@ -90,18 +90,19 @@ pub struct Db {
     own_tables: bool,
 }
 
-/// What `status` reports.
+/// What `status` reports of one destination (sync bit).
 #[derive(Debug, Serialize)]
-pub struct Status {
+pub struct Destination {
     pub sync_mask: i64,
     /// Rows still to send (bit clear, not quarantined).
     pub unsent: u64,
     pub oldest_unsent: Option<String>,
+    /// Seconds since `oldest_unsent`, when it is a date.
+    pub oldest_unsent_age_s: Option<i64>,
     /// Rows that failed `--max-attempts` times and are skipped.
     pub quarantined: u64,
     /// Rows that failed but will be tried again.
     pub failing: u64,
-    pub total: u64,
     pub last_run: Option<LastRun>,
 }
 
@@ -530,36 +531,106 @@ impl Db {
         self.count(&format!("SELECT count(*) {}", self.pending()))
     }
 
-    pub fn status(&self) -> Result<Status> {
-        let unsent = self.backlog()?;
-        let oldest_unsent: Option<String> = self
+    /// Points this handle at another destination bit (for `status` over
+    /// several masks).
+    pub fn for_mask(&mut self, mask: i64) -> Result<()> {
+        self.mask = mask;
+        self.indexed = self
             .conn
             .query_row(
-                &format!("SELECT min(timestamp) {}", self.pending()),
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
+                [index_name(mask)],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(|e| self.error("read the schema of", e))?
+            == 1;
+        Ok(())
+    }
+
+    /// The destination bits this database has seen: those with frameflush's
+    /// index, a recorded run or recorded failures.
+    pub fn known_masks(&self) -> Result<Vec<i64>> {
+        let mut masks = std::collections::BTreeSet::new();
+        let mut st = self
+            .conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'frameflush\\_unsent\\_%' ESCAPE '\\'")
+            .map_err(|e| self.error("read", e))?;
+        let names: Vec<String> = st
+            .query_map([], |r| r.get(0))
+            .and_then(|rows| rows.collect())
+            .map_err(|e| self.error("read", e))?;
+        masks.extend(
+            names
+                .iter()
+                .filter_map(|n| n.strip_prefix("frameflush_unsent_")?.parse::<i64>().ok()),
+        );
+        if self.own_tables {
+            let mut st = self
+                .conn
+                .prepare("SELECT sync_mask FROM frameflush_runs UNION SELECT sync_mask FROM frameflush_failures")
+                .map_err(|e| self.error("read", e))?;
+            let found: Vec<i64> = st
+                .query_map([], |r| r.get(0))
+                .and_then(|rows| rows.collect())
+                .map_err(|e| self.error("read", e))?;
+            masks.extend(found);
+        }
+        Ok(masks.into_iter().collect())
+    }
+
+    /// Rows in the table.
+    pub fn total(&self) -> Result<u64> {
+        self.count("SELECT count(*) FROM sensorParser")
+    }
+
+    /// The oldest timestamp among the rows still to send, and its age in
+    /// seconds (when it parses as a date).
+    pub fn oldest_unsent(&self) -> Result<(Option<String>, Option<i64>)> {
+        self.conn
+            .query_row(
+                &format!(
+                    "SELECT t, CAST(strftime('%s', 'now') - strftime('%s', t) AS INTEGER)
+                     FROM (SELECT min(timestamp) AS t {})",
+                    self.pending()
+                ),
                 [],
                 |r| {
-                    Ok(match field(r.get_ref(0)?) {
+                    let oldest = match field(r.get_ref(0)?) {
                         Field::Null => None,
                         Field::Text(s) => Some(s),
                         Field::Int(n) => Some(n.to_string()),
                         Field::Real(x) => Some(x.to_string()),
                         Field::NotUtf8 | Field::Blob(_) => Some("?".to_string()),
-                    })
+                    };
+                    Ok((oldest, r.get::<_, Option<i64>>(1)?))
                 },
             )
-            .map_err(|e| self.error("read", e))?;
-        let total = self.count("SELECT count(*) FROM sensorParser")?;
-        let (quarantined, failing, last_run) = if self.own_tables {
-            let q = format!(
-                "SELECT count(*) FROM frameflush_failures WHERE sync_mask = {} AND quarantined_at IS NOT NULL",
-                self.mask
-            );
-            let f = format!(
-                "SELECT count(*) FROM frameflush_failures WHERE sync_mask = {} AND quarantined_at IS NULL",
-                self.mask
-            );
-            let last_run = self
-                .conn
+            .map_err(|e| self.error("read", e))
+    }
+
+    /// Rows of this mask quarantined, and failing but to be retried.
+    pub fn failure_counts(&self) -> Result<(u64, u64)> {
+        if !self.own_tables {
+            return Ok((0, 0));
+        }
+        let q = format!(
+            "SELECT count(*) FROM frameflush_failures WHERE sync_mask = {} AND quarantined_at IS NOT NULL",
+            self.mask
+        );
+        let f = format!(
+            "SELECT count(*) FROM frameflush_failures WHERE sync_mask = {} AND quarantined_at IS NULL",
+            self.mask
+        );
+        Ok((self.count(&q)?, self.count(&f)?))
+    }
+
+    /// What `status` says of this destination.
+    pub fn destination(&self) -> Result<Destination> {
+        let unsent = self.backlog()?;
+        let (oldest_unsent, oldest_unsent_age_s) = self.oldest_unsent()?;
+        let (quarantined, failing) = self.failure_counts()?;
+        let last_run = if self.own_tables {
+            self.conn
                 .query_row(
                     "SELECT started_at, finished_at, exit_code, rows_marked FROM frameflush_runs WHERE sync_mask = ?1",
                     [self.mask],
@@ -573,18 +644,17 @@ impl Db {
                     },
                 )
                 .optional()
-                .map_err(|e| self.error("read", e))?;
-            (self.count(&q)?, self.count(&f)?, last_run)
+                .map_err(|e| self.error("read", e))?
         } else {
-            (0, 0, None)
+            None
         };
-        Ok(Status {
+        Ok(Destination {
             sync_mask: self.mask,
             unsent,
             oldest_unsent,
+            oldest_unsent_age_s,
             quarantined,
             failing,
-            total,
             last_run,
         })
     }

@@ -22,21 +22,27 @@ impl RunLock {
     /// Takes the lock or fails at once: 75 when another run holds it, 74
     /// when the lock file cannot be created.
     pub fn acquire(path: &Path) -> Result<RunLock> {
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| {
-                Error::new(
-                    Exit::IoErr,
-                    format!(
-                        "cannot open lock file {}: {}",
-                        path.display(),
-                        io_reason(&e)
-                    ),
-                )
-            })?;
+        // flock needs no write access: an existing lock file is opened for
+        // reading, so that one created by another user (a manual run as
+        // root) does not lock the service's user out.
+        let opened = match File::open(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path),
+            other => other,
+        };
+        let file = opened.map_err(|e| {
+            Error::new(
+                Exit::IoErr,
+                format!(
+                    "cannot open lock file {}: {}",
+                    path.display(),
+                    io_reason(&e)
+                ),
+            )
+        })?;
         match file.try_lock() {
             Ok(()) => Ok(RunLock { _file: file }),
             Err(TryLockError::WouldBlock) => Err(Error::new(

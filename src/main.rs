@@ -7,11 +7,13 @@
 //! `run` (one flush: `lock`, `db`, `template` over `row`, `publish`);
 //! `error` holds the one error type and the exit statuses.
 
+mod admin;
 mod cli;
 mod config;
 mod db;
 mod error;
 mod lock;
+mod metrics;
 mod publish;
 mod retention;
 mod row;
@@ -24,18 +26,21 @@ use std::process::ExitCode;
 use argh::FromArgs;
 
 use crate::cli::{Cli, Command};
-use crate::config::{Config, Target};
-use crate::db::{Db, Mode};
-use crate::error::{Error, Exit, Result};
+use crate::config::Config;
+use crate::error::{Exit, Result};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = match std::env::args_os().map(|a| a.into_string()).collect() {
-        Ok(args) => args,
-        Err(bad) => {
-            eprintln!("frameflush: error: argument {bad:?} is not valid UTF-8");
-            return ExitCode::from(Exit::Usage.code());
+    let mut args = Vec::new();
+    for (i, arg) in std::env::args_os().enumerate() {
+        match arg.into_string() {
+            Ok(a) => args.push(a),
+            // The argument itself is not shown: it may hold a secret.
+            Err(_) => {
+                eprintln!("frameflush: error: argument {i} is not valid UTF-8");
+                return ExitCode::from(Exit::Usage.code());
+            }
         }
-    };
+    }
     let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     if rest == ["--version"] {
         out(&format!("frameflush {}", env!("CARGO_PKG_VERSION")));
@@ -108,123 +113,25 @@ fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
                 None => Ok(run::exit_status(&summary, None)),
             }
         }
-        Command::Init(args) => {
-            let target =
-                Target::from_flags(args.db.as_deref(), args.config.as_deref(), args.sync_mask)?;
-            Db::init(&target)?;
-            Ok(Exit::Ok)
-        }
-        Command::Status(args) => {
-            let target =
-                Target::from_flags(args.db.as_deref(), args.config.as_deref(), args.sync_mask)?;
-            let db = Db::open(&target, Mode::ReadOnly)?;
-            let status = db.status()?;
-            if args.json {
-                print_json(&status);
-            } else {
-                let last_run = match &status.last_run {
-                    None => "- (none with rows to send yet)".to_string(),
-                    Some(r) => match (&r.finished_at, r.exit_code) {
-                        (Some(f), Some(code)) => format!(
-                            "started {}, finished {f}, exit {code}, {} row(s) marked",
-                            r.started_at, r.rows_marked
-                        ),
-                        _ => format!(
-                            "started {}, not finished (running, or killed)",
-                            r.started_at
-                        ),
-                    },
-                };
-                out(&format!(
-                    "unsent:        {} (sync mask {})\noldest unsent: {}\nquarantined:   {} (failing, to be retried: {})\ntotal rows:    {}\nlast run:      {last_run}",
-                    status.unsent,
-                    status.sync_mask,
-                    status.oldest_unsent.as_deref().unwrap_or("-"),
-                    status.quarantined,
-                    status.failing,
-                    status.total
-                ));
-            }
-            Ok(Exit::Ok)
-        }
-        Command::Failures(args) => {
-            let target =
-                Target::from_flags(args.db.as_deref(), args.config.as_deref(), args.sync_mask)?;
-            let failures = Db::open(&target, Mode::ReadOnly)?.failures()?;
-            if args.json {
-                print_json(&failures);
-            } else {
-                for f in &failures {
-                    let state = match &f.quarantined_at {
-                        Some(at) => format!("quarantined {at}"),
-                        None => format!("failing, last tried {}", f.last_attempt_at),
-                    };
-                    out(&format!(
-                        "row {}\t{} attempt(s)\t{state}\t{}",
-                        f.row_id, f.attempts, f.last_error
-                    ));
-                }
-            }
-            Ok(Exit::Ok)
-        }
-        Command::Purge(args) => {
-            let target = Target::from_flags(args.db.as_deref(), args.config.as_deref(), None)?;
-            let purged = retention::purge(&args, &target)?;
-            if purged.over_cap
-                && let Some(cap) = args.max_rows
-            {
-                eprintln!(
-                    "frameflush: warning: {}",
-                    retention::over_cap_warning(&purged, cap)
-                );
-            }
-            if args.json {
-                print_json(&purged);
-            }
-            Ok(Exit::Ok)
-        }
-        Command::Requeue(args) => {
-            let target =
-                Target::from_flags(args.db.as_deref(), args.config.as_deref(), args.sync_mask)?;
-            let ids = match (args.all, args.ids.is_empty()) {
-                (true, true) => None,
-                (false, false) => Some(args.ids.as_slice()),
-                (true, false) => return Err(Error::usage("give row ids or --all, not both")),
-                (false, true) => {
-                    return Err(Error::usage(
-                        "give the ids of the rows to requeue, or --all",
-                    ));
-                }
-            };
-            let mut db = Db::open(&target, Mode::ReadWrite)?;
-            let n = db.requeue(ids)?;
-            if let Some(ids) = ids
-                && n < ids.len()
-            {
-                return Err(Error::new(
-                    Exit::DataErr,
-                    format!(
-                        "requeued {n} of {} row(s): the others had no failure recorded for sync mask {}",
-                        ids.len(),
-                        target.sync_mask
-                    ),
-                ));
-            }
-            Ok(Exit::Ok)
-        }
+        Command::Init(args) => admin::init(&args),
+        Command::Status(args) => admin::status(&args),
+        Command::Failures(args) => admin::failures(&args),
+        Command::Requeue(args) => admin::requeue(&args),
+        Command::Purge(args) => admin::purge(&args),
     }
 }
 
-fn print_json<T: serde::Serialize>(value: &T) {
+/// One JSON value on one line of stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string(value) {
         Ok(s) => out(&s),
-        Err(e) => eprintln!("frameflush: error: cannot write the JSON summary: {e}"),
+        Err(e) => eprintln!("frameflush: error: cannot write JSON: {e}"),
     }
 }
 
 /// One line on stdout. A closed stdout (`| head`) is not worth a panic: the
 /// exit status still tells.
-fn out(line: &str) {
+pub fn out(line: &str) {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");

@@ -47,10 +47,60 @@ pub struct Summary {
     pub unsent: u64,
     /// Unsent rows for this mask in the database at the end, when known.
     pub backlog: Option<u64>,
+    /// Age in seconds of the oldest of them, when known.
+    pub oldest_unsent_age_s: Option<i64>,
     pub elapsed_ms: u64,
     pub exit_code: u8,
     pub error: Option<String>,
     pub dry_run: bool,
+}
+
+/// The one-line progress display: only on a terminal, only for runs that
+/// last over a second, redrawn four times a second, erased at the end.
+struct Progress {
+    enabled: bool,
+    shown: bool,
+    last: Instant,
+    /// Rows left when first shown, and rows acknowledged by then.
+    base: Option<(u64, u64)>,
+}
+
+impl Progress {
+    fn new(log: Log) -> Progress {
+        use std::io::IsTerminal as _;
+        Progress {
+            enabled: !log.quiet && std::io::stderr().is_terminal(),
+            shown: false,
+            last: Instant::now(),
+            base: None,
+        }
+    }
+
+    fn tick(&mut self, db: &Db, summary: &Summary, start: Instant) {
+        if !self.enabled
+            || start.elapsed() < Duration::from_secs(1)
+            || self.last.elapsed() < Duration::from_millis(250)
+        {
+            return;
+        }
+        self.last = Instant::now();
+        let (left_then, marked_then) = *self
+            .base
+            .get_or_insert_with(|| (db.backlog().unwrap_or(0), summary.marked));
+        let left = left_then.saturating_sub(summary.marked - marked_then);
+        let rate = summary.marked as f64 / start.elapsed().as_secs_f64();
+        eprint!(
+            "\r\x1b[Kframeflush: {} sent, {rate:.0}/s, {left} left",
+            summary.marked
+        );
+        self.shown = true;
+    }
+
+    fn finish(&self) {
+        if self.shown {
+            eprint!("\r\x1b[K");
+        }
+    }
 }
 
 /// A message ready to go: the row it comes from, its topic and payload.
@@ -78,6 +128,23 @@ pub fn flush(cfg: &Config) -> (Summary, Option<Error>) {
     summary.elapsed_ms = start.elapsed().as_millis() as u64;
     summary.exit_code = exit_status(&summary, error.as_ref()).code();
     summary.error = error.as_ref().map(|e| e.message.clone());
+    if let Some(path) = &cfg.metrics_file
+        && !cfg.dry_run
+    {
+        let db = cfg.target.db.display().to_string();
+        if let Err(e) = crate::metrics::write(path, &db, cfg.target.sync_mask, &summary) {
+            // The run's own outcome matters more; a metrics problem is a
+            // warning unless the run was otherwise fine.
+            if error.is_none() {
+                summary.exit_code = e.exit.code();
+                summary.error = Some(e.message.clone());
+                return (summary, Some(e));
+            }
+            if !cfg.log.quiet {
+                eprintln!("frameflush: warning: {e}");
+            }
+        }
+    }
     (summary, error)
 }
 
@@ -210,7 +277,7 @@ fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()
     let want = next_chunk(cfg, 0);
     let first = db.select_unsent(0, want)?;
     if first.is_empty() {
-        if cfg.json {
+        if cfg.json || cfg.metrics_file.is_some() {
             summary.backlog = Some(0);
         }
         return Ok(());
@@ -224,8 +291,9 @@ fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()
     {
         eprintln!("frameflush: could not record the run's outcome: {e}");
     }
-    if cfg.json {
+    if cfg.json || cfg.metrics_file.is_some() {
         summary.backlog = db.backlog().ok();
+        summary.oldest_unsent_age_s = db.oldest_unsent().ok().and_then(|(_, age)| age);
     }
     result
 }
@@ -263,6 +331,7 @@ fn drain(
     let mut acked: Vec<i64> = Vec::with_capacity(cfg.batch.min(window.max(64) * 4));
     let mut oldest_unmarked_ack: Option<Instant> = None;
     let mut last_progress = Instant::now();
+    let mut progress = Progress::new(log);
     // A failure that ends the run at once (the connection, marking).
     let mut failure: Option<Error> = None;
     // A failure after which nothing more is published, but what is in
@@ -367,6 +436,7 @@ fn drain(
                 break;
             }
         }
+        progress.tick(db, summary, start);
         let due = oldest_unmarked_ack.is_some_and(|t| t.elapsed() >= MARK_INTERVAL);
         if acked.len() >= cfg.batch || due {
             if let Err(e) = mark(db, &mut acked, summary, log) {
@@ -385,6 +455,7 @@ fn drain(
     if let Err(e) = mark(db, &mut acked, summary, log) {
         failure.get_or_insert(e);
     }
+    progress.finish();
     session.disconnect(DISCONNECT_WAIT);
     if log.verbose
         && failure.is_none()

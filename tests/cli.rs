@@ -253,27 +253,73 @@ fn status_reports_unsent_oldest_and_total_as_text_and_json() {
            ('n', 'TC', '3', '2026-11-22 10:00:00', 1), ('n', 'TC', '4', '2026-11-23 11:00:00', 0)",
     )
     .unwrap();
+    c.execute_batch(
+        "UPDATE sensorParser SET timestamp = datetime('now', '-3 hours') WHERE id = 2;
+         UPDATE sensorParser SET timestamp = datetime('now', '-2 hours') WHERE id = 3;
+         UPDATE sensorParser SET timestamp = datetime('now', '-1 hours') WHERE id = 4;",
+    )
+    .unwrap();
     let run = env.run(&["status", "--db", "sensors.db", "--json"]);
     run.expect_code(0);
     let j = run.json();
-    assert_eq!(j["unsent"], 3);
-    assert_eq!(j["oldest_unsent"], "2026-11-21 09:00:00");
     assert_eq!(j["total"], 4);
-    assert_eq!(j["sync_mask"], 64);
-    assert!(j["last_run"].is_null());
+    let d = &j["destinations"][0];
+    assert_eq!(d["sync_mask"], 64);
+    assert_eq!(d["unsent"], 3);
+    let age = d["oldest_unsent_age_s"].as_i64().unwrap();
+    assert!((3 * 3600..3 * 3600 + 60).contains(&age), "{j}");
+    assert!(d["last_run"].is_null());
     let run = env.run(&["status", "--db", "sensors.db", "--sync-mask", "1"]);
     run.expect_code(0);
     assert!(
-        run.stdout.contains("unsent:        3 (sync mask 1)"),
+        run.stdout.contains("sync mask 1:\n  unsent:        3\n"),
         "{}",
         run.stdout
     );
     assert!(
-        run.stdout.contains("oldest unsent: 2026-11-20 08:00:00"),
+        run.stdout.contains("oldest unsent: 2026-11-20 08:00:00 ("),
         "{}",
         run.stdout
     );
     assert!(run.stdout.contains("total rows:    4"), "{}", run.stdout);
+}
+
+#[test]
+fn status_lists_every_destination_the_database_has_seen() {
+    let env = TestEnv::new("status-masks");
+    let mut c = env.seed(0);
+    util::insert_rows(&mut c, 3, 64);
+    util::insert_rows(&mut c, 2, 0);
+    env.run(&["init", "--db", "sensors.db", "--sync-mask", "128"])
+        .expect_code(0);
+    let j = env.run(&["status", "--db", "sensors.db", "--json"]).json();
+    let per_mask: Vec<(i64, u64)> = j["destinations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["sync_mask"].as_i64().unwrap(),
+                d["unsent"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(per_mask, vec![(64, 2), (128, 5)]);
+    let j = env
+        .run(&[
+            "status",
+            "--db",
+            "sensors.db",
+            "--sync-mask",
+            "128",
+            "--sync-mask",
+            "1",
+            "--json",
+        ])
+        .json();
+    assert_eq!(j["destinations"].as_array().unwrap().len(), 2);
+    env.run(&["status", "--db", "sensors.db", "--sync-mask", "3"])
+        .expect_code(64);
 }
 
 #[test]
@@ -284,7 +330,7 @@ fn status_shows_the_last_run_that_had_rows_to_send() {
     let url = broker.url();
     env.run(&["flush", "--db", "sensors.db", "-L", &url])
         .expect_code(0);
-    let j = env.run(&["status", "--db", "sensors.db", "--json"]).json();
+    let j = env.run(&["status", "--db", "sensors.db", "--json"]).json()["destinations"][0].clone();
     assert_eq!(j["unsent"], 0);
     assert_eq!(j["last_run"]["exit_code"], 0);
     assert_eq!(j["last_run"]["rows_marked"], 4);

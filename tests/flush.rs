@@ -757,3 +757,47 @@ fn rate_caps_the_messages_per_second() {
         .expect_code(64)
         .expect_one_error_line("--rate");
 }
+
+#[test]
+fn a_lock_file_left_by_another_user_does_not_lock_the_service_out() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = TestEnv::new("lockowner");
+    env.seed(5);
+    let broker = Broker::start(&env);
+    let lock = env.path("sensors.db.frameflush-64.lock");
+    // A manual run by another user (root here) left a lock file that this
+    // user cannot write.
+    std::fs::write(&lock, "").unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let (db, url) = (env.db_arg(), broker.url());
+    let args = flush_args(&db, &url);
+    let cmd = if util::euid() == 0 {
+        // Run as nobody, who may write the database and its directory but
+        // not the lock file.
+        std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(env.db(), std::fs::Permissions::from_mode(0o666)).unwrap();
+        let mut p = env.dir.parent();
+        while let Some(d) = p {
+            if d == std::env::temp_dir() {
+                break;
+            }
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p = d.parent();
+        }
+        let mut c = std::process::Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            util::BIN,
+        ])
+        .args(&args)
+        .env_clear()
+        .current_dir(&env.dir);
+        c
+    } else {
+        env.cmd(&args)
+    };
+    util::run_cmd(cmd, WAIT).expect_code(0);
+    assert_eq!(marked_ids(&env.db(), 64).len(), 5);
+}
