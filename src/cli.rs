@@ -113,6 +113,9 @@ pub struct FlushArgs {
     /// payload format: json (one object per row, the default) or value (the bare value)
     #[argh(option)]
     pub payload: Option<String>,
+    /// row (one message per row, the default) or frame (one JSON message per Waspmote frame: the rows sharing id_wasp, frame_number and timestamp)
+    #[argh(option)]
+    pub group: Option<String>,
     /// the sync bit of this destination: a power of two (default 64, Meshlium's MQTT bit)
     #[argh(option)]
     pub sync_mask: Option<u64>,

@@ -40,6 +40,8 @@ pub struct Config {
     pub broker: Broker,
     pub topic: Template,
     pub payload: PayloadFormat,
+    /// One message per row, or per Waspmote frame.
+    pub group: Group,
     /// Rows read per SELECT and marked per transaction at most.
     pub batch: usize,
     /// Unacknowledged PUBLISHes at most.
@@ -61,6 +63,18 @@ pub struct Config {
     /// file readable by others, `--insecure`); printed unless quiet.
     pub warnings: Vec<String>,
 }
+
+/// What one message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    Row,
+    /// The rows of one Waspmote frame (same id_wasp, frame_number and
+    /// timestamp), as one JSON object.
+    Frame,
+}
+
+/// The default topic of frame messages.
+pub const DEFAULT_FRAME_TOPIC: &str = "sensors/{id_wasp}";
 
 /// How much a run says on stderr.
 #[derive(Debug, Clone, Copy, Default)]
@@ -123,6 +137,7 @@ struct FileSettings {
     connect_timeout: Option<f64>,
     topic: Option<String>,
     payload: Option<String>,
+    group: Option<String>,
     sync_mask: Option<u64>,
     batch: Option<u32>,
     inflight: Option<u16>,
@@ -579,6 +594,14 @@ impl Config {
             false,
         )?;
 
+        let group = match pick("group", args.group.clone(), file.group.clone()) {
+            None => Group::Row,
+            Some(g) => match g.v.as_str() {
+                "row" => Group::Row,
+                "frame" => Group::Frame,
+                other => return Err(g.bad(format_args!("must be row or frame, not {other:?}"))),
+            },
+        };
         let topic = match pick_or_url(
             "topic",
             args.topic.clone(),
@@ -586,19 +609,41 @@ impl Config {
             file.topic.clone(),
             fu_topic,
         ) {
-            None => Template::parse(DEFAULT_TOPIC).map_err(|e| Error::new(Exit::Config, e))?,
+            None => {
+                let default = if group == Group::Frame {
+                    DEFAULT_FRAME_TOPIC
+                } else {
+                    DEFAULT_TOPIC
+                };
+                Template::parse(default).map_err(|e| Error::new(Exit::Config, e))?
+            }
             Some(t) => {
-                Template::parse(&t.v).map_err(|why| t.bad(format_args!("{:?}: {why}", t.v)))?
+                let template =
+                    Template::parse(&t.v).map_err(|why| t.bad(format_args!("{:?}: {why}", t.v)))?;
+                if group == Group::Frame
+                    && let Some(c) = template
+                        .columns()
+                        .find(|c| !crate::template::FRAME_COLUMNS.contains(c))
+                {
+                    return Err(t.bad(format_args!(
+                        "uses {{{c}}}, which differs between the rows of a frame: with --group frame a topic may use {{id_wasp}} {{id_secret}} {{frame_type}} {{frame_number}} {{timestamp}}"
+                    )));
+                }
+                template
             }
         };
         let payload = match pick("payload", args.payload.clone(), file.payload.clone()) {
             None => PayloadFormat::Json,
             Some(p) => match p.v.as_str() {
                 "json" => PayloadFormat::Json,
+                "value" if group == Group::Frame => {
+                    return Err(p.bad("value cannot carry a whole frame: drop it or --group frame"));
+                }
                 "value" => PayloadFormat::Value,
                 other => return Err(p.bad(format_args!("must be json or value, not {other:?}"))),
             },
         };
+
         let batch = match pick("batch", args.batch, file.batch) {
             None => 500,
             Some(b) if b.v == 0 || b.v > 1_000_000 => {
@@ -669,6 +714,7 @@ impl Config {
             },
             topic,
             payload,
+            group,
             batch,
             inflight,
             limit,

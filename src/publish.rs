@@ -24,16 +24,33 @@ use crate::config::{Broker, Log};
 use crate::error::{Error, Exit, Result};
 use crate::template::MAX_TOPIC_LEN;
 
-/// Follows which row each packet id stands for.
-#[derive(Debug, Default)]
-pub struct Tracker {
-    /// Rows handed to rumqttc that have no packet id yet, in order.
-    unassigned: VecDeque<i64>,
-    /// Packet id → row awaiting its PUBACK.
-    slots: Vec<Option<i64>>,
-    /// A row whose packet id was still taken (`AwaitAck`): rumqttc sends it
-    /// once that id is acknowledged.
-    collided: Option<(u16, i64)>,
+/// The rows one message carries: one row, or a whole Waspmote frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rows {
+    One(i64),
+    Frame(Vec<i64>),
+}
+
+impl Rows {
+    pub fn ids(&self) -> &[i64] {
+        match self {
+            Rows::One(id) => std::slice::from_ref(id),
+            Rows::Frame(ids) => ids,
+        }
+    }
+}
+
+/// Follows which message (`T`: the rows it carries) each packet id stands
+/// for.
+#[derive(Debug)]
+pub struct Tracker<T> {
+    /// Messages handed to rumqttc that have no packet id yet, in order.
+    unassigned: VecDeque<T>,
+    /// Packet id → message awaiting its PUBACK.
+    slots: Vec<Option<T>>,
+    /// A message whose packet id was still taken (`AwaitAck`): rumqttc
+    /// sends it once that id is acknowledged.
+    collided: Option<(u16, T)>,
     in_flight: usize,
 }
 
@@ -42,43 +59,46 @@ pub struct Tracker {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Mismatch(pub String);
 
-impl Tracker {
-    pub fn new(inflight: u16) -> Tracker {
+impl<T> Tracker<T> {
+    pub fn new(inflight: u16) -> Tracker<T> {
         Tracker {
-            slots: vec![None; usize::from(inflight) + 1],
-            ..Tracker::default()
+            unassigned: VecDeque::new(),
+            slots: std::iter::repeat_with(|| None)
+                .take(usize::from(inflight) + 1)
+                .collect(),
+            collided: None,
+            in_flight: 0,
         }
     }
 
-    /// Rows handed over and not yet acknowledged.
+    /// Messages handed over and not yet acknowledged.
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
 
-    /// A request for this row went into rumqttc's channel.
-    pub fn handed(&mut self, row: i64) {
+    /// A request for this message went into rumqttc's channel.
+    pub fn handed(&mut self, row: T) {
         self.unassigned.push_back(row);
         self.in_flight += 1;
     }
 
     pub fn on_outgoing_publish(&mut self, pkid: u16) -> Result<(), Mismatch> {
-        let row = match self.collided {
-            Some((id, row)) if id == pkid => {
-                self.collided = None;
-                row
+        let row = match self.collided.take() {
+            Some((id, row)) if id == pkid => row,
+            other => {
+                self.collided = other;
+                self.unassigned
+                    .pop_front()
+                    .ok_or_else(|| Mismatch(format!("PUBLISH {pkid} went out for no row")))?
             }
-            _ => self
-                .unassigned
-                .pop_front()
-                .ok_or_else(|| Mismatch(format!("PUBLISH {pkid} went out for no row")))?,
         };
         let slot = self
             .slots
             .get_mut(usize::from(pkid))
             .ok_or_else(|| Mismatch(format!("packet id {pkid} is outside the window")))?;
-        if let Some(old) = slot {
+        if slot.is_some() {
             return Err(Mismatch(format!(
-                "packet id {pkid} reused while row {old} awaits its ack"
+                "packet id {pkid} reused while its message awaits its ack"
             )));
         }
         *slot = Some(row);
@@ -98,7 +118,7 @@ impl Tracker {
     }
 
     /// The row this PUBACK acknowledges.
-    pub fn on_puback(&mut self, pkid: u16) -> Result<i64, Mismatch> {
+    pub fn on_puback(&mut self, pkid: u16) -> Result<T, Mismatch> {
         let row = self
             .slots
             .get_mut(usize::from(pkid))
@@ -112,8 +132,8 @@ impl Tracker {
 /// What one wait on the connection brought.
 #[derive(Debug)]
 pub enum Polled {
-    /// The broker acknowledged this row.
-    Acked(i64),
+    /// The broker acknowledged the message carrying these rows.
+    Acked(Rows),
     /// Some other event.
     Other,
     /// Nothing before the time was up.
@@ -123,7 +143,7 @@ pub enum Polled {
 pub struct Session {
     client: Client,
     connection: Connection,
-    tracker: Tracker,
+    tracker: Tracker<Rows>,
     log: Log,
     /// host:port, for messages.
     name: String,
@@ -234,16 +254,16 @@ impl Session {
 
     /// Hands one QoS 1 PUBLISH to rumqttc. The caller keeps the window, so
     /// the channel always has room.
-    pub fn publish(&mut self, row: i64, topic: String, payload: Vec<u8>) -> Result<()> {
+    pub fn publish(&mut self, rows: Rows, topic: String, payload: Vec<u8>) -> Result<()> {
         self.client
             .try_publish(topic, QoS::AtLeastOnce, false, payload)
             .map_err(|e| {
                 Error::new(
                     Exit::TempFail,
-                    format!("cannot queue row {row} for publishing: {e}"),
+                    format!("cannot queue row {} for publishing: {e}", rows.ids()[0]),
                 )
             })?;
-        self.tracker.handed(row);
+        self.tracker.handed(rows);
         Ok(())
     }
 
@@ -422,7 +442,7 @@ mod tests {
 
     #[test]
     fn acks_in_order_map_back_to_rows_across_packet_id_wraparound() {
-        let mut t = Tracker::new(3);
+        let mut t = Tracker::<i64>::new(3);
         let mut acked = Vec::new();
         let mut next_pkid = 0u16;
         for row in 100..110 {
@@ -437,7 +457,7 @@ mod tests {
 
     #[test]
     fn a_collided_publish_belongs_to_the_row_that_waited_for_the_id() {
-        let mut t = Tracker::new(2);
+        let mut t = Tracker::<i64>::new(2);
         t.handed(1);
         t.handed(2);
         t.on_outgoing_publish(1).unwrap();
@@ -455,7 +475,7 @@ mod tests {
 
     #[test]
     fn an_ack_for_nothing_in_flight_is_a_mismatch_not_a_mark() {
-        let mut t = Tracker::new(4);
+        let mut t = Tracker::<i64>::new(4);
         assert!(t.on_puback(1).is_err());
         assert!(t.on_outgoing_publish(1).is_err());
         assert!(t.on_puback(9).is_err());

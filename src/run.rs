@@ -16,12 +16,14 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::config::Group;
 use crate::config::{Config, Log};
 use crate::db::{Db, Mode};
 use crate::error::{Error, Exit, Result};
 use crate::lock::RunLock;
-use crate::publish::{Polled, Session};
-use crate::row::Row;
+use crate::publish::{Polled, Rows, Session};
+use crate::row::{Column, Field, Row};
+use crate::template::{FRAME_COLUMNS, RowError, check_reading, frame_json};
 
 /// At most this many rows that cannot become a message are named on stderr
 /// per run; the rest are counted.
@@ -105,7 +107,7 @@ impl Progress {
 
 /// A message ready to go: the row it comes from, its topic and payload.
 struct Message {
-    row: i64,
+    rows: Rows,
     topic: String,
     payload: Vec<u8>,
 }
@@ -167,8 +169,92 @@ fn next_chunk(cfg: &Config, selected: u64) -> usize {
     }
 }
 
-/// Renders rows into messages; rows that cannot become one are counted,
-/// named on stderr, stay unsent, and are returned with the reason.
+/// A payload within `--max-payload`, or why not.
+fn within_limit(cfg: &Config, payload: Vec<u8>) -> Result<Vec<u8>, RowError> {
+    if payload.len() > cfg.max_payload {
+        return Err(RowError(format!(
+            "payload of {} bytes exceeds --max-payload {}",
+            payload.len(),
+            cfg.max_payload
+        )));
+    }
+    Ok(payload)
+}
+
+/// The rows of a chunk cut into Waspmote frames: runs of consecutive rows
+/// that share id_wasp, id_secret, frame_type, frame_number and timestamp. A
+/// sensor seen twice starts a new message (a JSON object holds one value
+/// per key).
+fn split_frames(rows: Vec<Row>) -> Vec<Vec<Row>> {
+    let mut frames: Vec<Vec<Row>> = Vec::new();
+    for row in rows {
+        let same = frames.last().is_some_and(|f: &Vec<Row>| {
+            FRAME_COLUMNS.iter().all(|&c| f[0].get(c) == row.get(c))
+                && !f
+                    .iter()
+                    .any(|r| r.get(Column::Sensor) == row.get(Column::Sensor))
+        });
+        match frames.last_mut() {
+            Some(f) if same => f.push(row),
+            _ => frames.push(vec![row]),
+        }
+    }
+    frames
+}
+
+/// With `--group frame`, a full chunk may end inside a frame: its last
+/// frame is left for the next SELECT (unless it is the only one: a frame
+/// larger than `--batch` rows is split). Returns the rows to take now.
+fn hold_back(cfg: &Config, mut rows: Vec<Row>, full: bool) -> Vec<Row> {
+    if cfg.group != Group::Frame || !full {
+        return rows;
+    }
+    let Some(last) = rows.last() else { return rows };
+    let key: Vec<Field> = FRAME_COLUMNS.iter().map(|&c| last.get(c).clone()).collect();
+    let start = rows
+        .iter()
+        .rposition(|r| FRAME_COLUMNS.iter().zip(&key).any(|(&c, k)| r.get(c) != k))
+        .map_or(0, |i| i + 1);
+    if start > 0 {
+        rows.truncate(start);
+    }
+    rows
+}
+
+/// The next rows to send after `after`: at most a chunk, within what
+/// `--limit` leaves, whole frames only with `--group frame`.
+struct Chunk {
+    rows: Vec<Row>,
+    /// The table may hold more rows after these.
+    more: bool,
+}
+
+fn next_rows(cfg: &Config, db: &Db, after: i64, selected: u64) -> Result<Chunk> {
+    let want = next_chunk(cfg, selected);
+    if want == 0 {
+        return Ok(Chunk {
+            rows: Vec::new(),
+            more: false,
+        });
+    }
+    let rows = db.select_unsent(after, want)?;
+    let full = rows.len() == want;
+    let got = rows.len();
+    let rows = hold_back(cfg, rows, full);
+    if cfg.group == Group::Frame && full && rows.len() == got && want < cfg.batch {
+        // --limit cut this chunk short inside what may be one frame: the
+        // frame waits for the next run rather than go out in halves.
+        return Ok(Chunk {
+            rows: Vec::new(),
+            more: false,
+        });
+    }
+    Ok(Chunk { rows, more: full })
+}
+
+/// Renders rows into messages (one per row, or one per frame); rows that
+/// cannot become one are counted, named on stderr, stay unsent, and are
+/// returned with the reason.
 fn render(
     cfg: &Config,
     rows: Vec<Row>,
@@ -176,30 +262,58 @@ fn render(
     out: &mut VecDeque<Message>,
 ) -> Vec<(i64, String)> {
     let mut failed = Vec::new();
-    for row in rows {
-        let made = cfg.topic.render(&row).and_then(|topic| {
-            let payload = cfg.payload.render(&row)?;
-            if payload.len() > cfg.max_payload {
-                return Err(crate::template::RowError(format!(
-                    "payload of {} bytes exceeds --max-payload {}",
-                    payload.len(),
-                    cfg.max_payload
-                )));
-            }
-            Ok(Message {
-                row: row.id,
-                topic,
-                payload,
-            })
-        });
-        match made {
-            Ok(m) => out.push_back(m),
-            Err(why) => {
-                summary.failed += 1;
-                if !cfg.log.quiet && summary.failed <= MAX_ROW_ERRORS_SHOWN {
-                    eprintln!("frameflush: row {} not sent: {why}", row.id);
+    let mut fail = |id: i64, why: RowError, summary: &mut Summary| {
+        summary.failed += 1;
+        if !cfg.log.quiet && summary.failed <= MAX_ROW_ERRORS_SHOWN {
+            eprintln!("frameflush: row {id} not sent: {why}");
+        }
+        failed.push((id, why.0));
+    };
+    match cfg.group {
+        Group::Row => {
+            for row in rows {
+                let made = cfg.topic.render(&row).and_then(|topic| {
+                    let payload = within_limit(cfg, cfg.payload.render(&row)?)?;
+                    Ok(Message {
+                        rows: Rows::One(row.id),
+                        topic,
+                        payload,
+                    })
+                });
+                match made {
+                    Ok(m) => out.push_back(m),
+                    Err(why) => fail(row.id, why, summary),
                 }
-                failed.push((row.id, why.0));
+            }
+        }
+        Group::Frame => {
+            for frame in split_frames(rows) {
+                let (good, bad): (Vec<Row>, Vec<Row>) =
+                    frame.into_iter().partition(|r| check_reading(r).is_ok());
+                for row in bad {
+                    if let Err(why) = check_reading(&row) {
+                        fail(row.id, why, summary);
+                    }
+                }
+                if good.is_empty() {
+                    continue;
+                }
+                let made = cfg.topic.render(&good[0]).and_then(|topic| {
+                    let payload = within_limit(cfg, frame_json(&good)?)?;
+                    Ok((topic, payload))
+                });
+                match made {
+                    Ok((topic, payload)) => out.push_back(Message {
+                        rows: Rows::Frame(good.iter().map(|r| r.id).collect()),
+                        topic,
+                        payload,
+                    }),
+                    Err(why) => {
+                        for row in &good {
+                            fail(row.id, why.clone(), summary);
+                        }
+                    }
+                }
             }
         }
     }
@@ -234,13 +348,8 @@ fn dry_run(cfg: &Config, summary: &mut Summary) -> Result<()> {
     let mut after = 0;
     let mut queue = VecDeque::new();
     loop {
-        let want = next_chunk(cfg, summary.selected);
-        if want == 0 {
-            break;
-        }
-        let rows = db.select_unsent(after, want)?;
-        let got = rows.len();
-        summary.selected += got as u64;
+        let Chunk { rows, more } = next_rows(cfg, &db, after, summary.selected)?;
+        summary.selected += rows.len() as u64;
         if let Some(last) = rows.last() {
             after = last.id;
         }
@@ -253,7 +362,7 @@ fn dry_run(cfg: &Config, summary: &mut Summary) -> Result<()> {
                 .and_then(|()| out.write_all(b"\n"));
             written.map_err(|e| Error::new(Exit::IoErr, format!("cannot write to stdout: {e}")))?;
         }
-        if got < want {
+        if !more {
             break;
         }
     }
@@ -274,17 +383,16 @@ fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()
     if cfg.log.debug {
         eprintln!("frameflush: query plan: {}", db.selection_plan()?);
     }
-    let want = next_chunk(cfg, 0);
-    let first = db.select_unsent(0, want)?;
-    if first.is_empty() {
+    let first = next_rows(cfg, &db, 0, 0)?;
+    if first.rows.is_empty() {
         if cfg.json || cfg.metrics_file.is_some() {
-            summary.backlog = Some(0);
+            summary.backlog = db.backlog().ok();
         }
         return Ok(());
     }
-    summary.selected += first.len() as u64;
+    summary.selected += first.rows.len() as u64;
     db.begin_run()?;
-    let result = drain(cfg, &mut db, first, want, summary, start);
+    let result = drain(cfg, &mut db, first, summary, start);
     let exit = exit_status(summary, result.as_ref().err());
     if let Err(e) = db.end_run(exit, summary.marked)
         && cfg.log.verbose
@@ -303,18 +411,17 @@ fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()
 fn drain(
     cfg: &Config,
     db: &mut Db,
-    first: Vec<Row>,
-    want: usize,
+    first: Chunk,
     summary: &mut Summary,
     start: Instant,
 ) -> Result<()> {
     let log = cfg.log;
     let publish_deadline = start + cfg.max_time;
-    let mut queue = VecDeque::with_capacity(first.len());
-    let mut more = first.len() == want;
-    let mut after = first.last().map_or(0, |r| r.id);
-    chunk_log(log, summary, first.len());
-    render_and_record(cfg, db, first, summary, &mut queue)?;
+    let mut queue = VecDeque::with_capacity(first.rows.len());
+    let mut more = first.more;
+    let mut after = first.rows.last().map_or(0, |r| r.id);
+    chunk_log(log, summary, first.rows.len());
+    render_and_record(cfg, db, first.rows, summary, &mut queue)?;
     if queue.is_empty() && !more {
         return Ok(());
     }
@@ -332,6 +439,8 @@ fn drain(
     let mut oldest_unmarked_ack: Option<Instant> = None;
     let mut last_progress = Instant::now();
     let mut progress = Progress::new(log);
+    // PUBLISHes handed over (a frame message carries several rows).
+    let mut messages = 0u64;
     // A failure that ends the run at once (the connection, marking).
     let mut failure: Option<Error> = None;
     // A failure after which nothing more is published, but what is in
@@ -344,29 +453,24 @@ fn drain(
         let mut publishing = now < publish_deadline && stopped.is_none();
         // Refill from the database once the current chunk has gone out.
         if publishing && queue.is_empty() && more {
-            let want = next_chunk(cfg, summary.selected);
-            if want == 0 {
-                more = false;
-            } else {
-                let refill = db.select_unsent(after, want).and_then(|rows| {
-                    more = rows.len() == want;
-                    if let Some(last) = rows.last() {
-                        after = last.id;
-                    }
-                    summary.selected += rows.len() as u64;
-                    chunk_log(log, summary, rows.len());
-                    render_and_record(cfg, db, rows, summary, &mut queue)
-                });
-                if let Err(e) = refill {
-                    stopped = Some((e, now));
-                    publishing = false;
+            let refill = next_rows(cfg, db, after, summary.selected).and_then(|chunk| {
+                more = chunk.more;
+                if let Some(last) = chunk.rows.last() {
+                    after = last.id;
                 }
+                summary.selected += chunk.rows.len() as u64;
+                chunk_log(log, summary, chunk.rows.len());
+                render_and_record(cfg, db, chunk.rows, summary, &mut queue)
+            });
+            if let Err(e) = refill {
+                stopped = Some((e, now));
+                publishing = false;
             }
         }
         // Fill the window (and no faster than --rate).
         let mut rate_wait = None;
         while publishing && session.in_flight() < window {
-            if let Some(due) = rate_due(summary.published)
+            if let Some(due) = rate_due(messages)
                 && Instant::now() < due
             {
                 rate_wait = Some(due);
@@ -376,11 +480,13 @@ fn drain(
             if session.in_flight() == 0 {
                 last_progress = now;
             }
-            if let Err(e) = session.publish(m.row, m.topic, m.payload) {
+            let rows = m.rows.ids().len() as u64;
+            if let Err(e) = session.publish(m.rows, m.topic, m.payload) {
                 failure = Some(e);
                 break;
             }
-            summary.published += 1;
+            summary.published += rows;
+            messages += 1;
         }
         if failure.is_some() {
             break;
@@ -411,10 +517,10 @@ fn drain(
             wake = wake.min(due);
         }
         match session.poll(wake.saturating_duration_since(Instant::now())) {
-            Ok(Polled::Acked(row)) => {
-                summary.acknowledged += 1;
+            Ok(Polled::Acked(rows)) => {
+                summary.acknowledged += rows.ids().len() as u64;
                 last_progress = Instant::now();
-                acked.push(row);
+                acked.extend_from_slice(rows.ids());
                 oldest_unmarked_ack.get_or_insert(last_progress);
             }
             Ok(Polled::Other) => {}

@@ -112,6 +112,14 @@ impl Template {
         Ok(Template { parts })
     }
 
+    /// The columns the template uses.
+    pub fn columns(&self) -> impl Iterator<Item = Column> + '_ {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Field(c) => Some(*c),
+            Part::Literal(_) => None,
+        })
+    }
+
     /// The topic for this row, or why there is none.
     pub fn render(&self, row: &Row) -> Result<String, RowError> {
         let mut out = String::new();
@@ -188,6 +196,78 @@ impl PayloadFormat {
     }
 }
 
+/// One field as a JSON value: integers and reals as numbers, text as a
+/// string, NULL as null; a BLOB or non-UTF-8 text cannot be written.
+fn json_value(out: &mut Vec<u8>, c: Column, f: &Field) -> Result<(), RowError> {
+    let written = match f {
+        Field::Null => {
+            out.extend_from_slice(b"null");
+            Ok(())
+        }
+        Field::Int(n) => serde_json::to_writer(&mut *out, n),
+        Field::Real(x) => serde_json::to_writer(&mut *out, x),
+        Field::Text(s) => serde_json::to_writer(&mut *out, s),
+        other => return Err(not_text(c, other)),
+    };
+    written.map_err(|e| RowError(format!("{c} cannot be written as JSON: {e}")))
+}
+
+/// The columns a frame message shares: those that identify the frame.
+pub const FRAME_COLUMNS: [Column; 5] = [
+    Column::IdWasp,
+    Column::IdSecret,
+    Column::FrameType,
+    Column::FrameNumber,
+    Column::Timestamp,
+];
+
+/// Checks that a row can be one reading of a frame message: its sensor is
+/// text and its value can be written.
+pub fn check_reading(row: &Row) -> Result<(), RowError> {
+    match row.get(Column::Sensor) {
+        Field::Text(_) => {}
+        other => return Err(not_text(Column::Sensor, other)),
+    }
+    json_value(&mut Vec::new(), Column::Value, row.get(Column::Value))
+}
+
+/// One JSON object for a whole Waspmote frame (rows that passed
+/// [`check_reading`] and share [`FRAME_COLUMNS`]):
+/// `{"id_wasp":…,"id_secret":…,"frame_type":…,"frame_number":…,"timestamp":…,
+/// "readings":{"TC":"23.50",…},"ids":[…]}`.
+pub fn frame_json(rows: &[Row]) -> Result<Vec<u8>, RowError> {
+    let Some(first) = rows.first() else {
+        return Err(RowError("a frame without rows".into()));
+    };
+    let mut out = Vec::with_capacity(96 + rows.len() * 32);
+    out.push(b'{');
+    for c in FRAME_COLUMNS {
+        out.push(b'"');
+        out.extend_from_slice(c.name().as_bytes());
+        out.extend_from_slice(b"\":");
+        json_value(&mut out, c, first.get(c))?;
+        out.push(b',');
+    }
+    out.extend_from_slice(b"\"readings\":{");
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_value(&mut out, Column::Sensor, row.get(Column::Sensor))?;
+        out.push(b':');
+        json_value(&mut out, Column::Value, row.get(Column::Value))?;
+    }
+    out.extend_from_slice(b"},\"ids\":[");
+    for (i, row) in rows.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(row.id.to_string().as_bytes());
+    }
+    out.extend_from_slice(b"]}");
+    Ok(out)
+}
+
 fn json_object(row: &Row) -> Result<Vec<u8>, RowError> {
     let mut out = Vec::with_capacity(192);
     out.push(b'{');
@@ -198,17 +278,7 @@ fn json_object(row: &Row) -> Result<Vec<u8>, RowError> {
         out.push(b'"');
         out.extend_from_slice(c.name().as_bytes());
         out.extend_from_slice(b"\":");
-        let written = match row.get(c) {
-            Field::Null => {
-                out.extend_from_slice(b"null");
-                Ok(())
-            }
-            Field::Int(n) => serde_json::to_writer(&mut out, n),
-            Field::Real(x) => serde_json::to_writer(&mut out, x),
-            Field::Text(s) => serde_json::to_writer(&mut out, s),
-            other => return Err(not_text(c, other)),
-        };
-        written.map_err(|e| RowError(format!("{c} cannot be written as JSON: {e}")))?;
+        json_value(&mut out, c, row.get(c))?;
     }
     out.push(b'}');
     Ok(out)
@@ -296,6 +366,25 @@ mod tests {
                 .unwrap(),
             "sensors/node_01/TC"
         );
+    }
+
+    #[test]
+    fn a_frame_is_one_object_with_its_readings_and_ids() {
+        let mut hum = row();
+        hum.id = 15820;
+        hum.fields[Column::Sensor as usize] = Field::Text("HUM".into());
+        hum.fields[Column::Value as usize] = Field::Real(41.5);
+        let p = String::from_utf8(frame_json(&[row(), hum]).unwrap()).unwrap();
+        assert_eq!(
+            p,
+            r#"{"id_wasp":"node_01","id_secret":"400577471","frame_type":134,"frame_number":7,"timestamp":"2026-11-24 10:00:00","readings":{"TC":"23.50","HUM":41.5},"ids":[15819,15820]}"#
+        );
+        let mut bad = row();
+        bad.fields[Column::Sensor as usize] = Field::Null;
+        assert_eq!(check_reading(&bad).unwrap_err().0, "sensor is NULL");
+        bad = row();
+        bad.fields[Column::Value as usize] = Field::Blob(1);
+        assert!(check_reading(&bad).is_err());
     }
 
     #[test]

@@ -553,7 +553,8 @@ enum Kind {
     Text,
     Url,
     Topic,
-    Payload,
+    /// One of these words, exactly.
+    Choice(&'static [&'static str]),
     /// A TLS application protocol: 1 to 255 bytes (and TLS on).
     Alpn,
     Switch,
@@ -601,7 +602,8 @@ fn kind_of(name: &str) -> Option<Kind> {
         "id" | "username" => Kind::Text,
         "url" => Kind::Url,
         "topic" => Kind::Topic,
-        "payload" => Kind::Payload,
+        "payload" => Kind::Choice(&["json", "value"]),
+        "group" => Kind::Choice(&["row", "frame"]),
         "dry-run" | "json" | "verbose" | "debug" | "quiet" | "insecure" => Kind::Switch,
         _ => return None,
     })
@@ -625,7 +627,7 @@ fn accepts(kind: Kind, v: &str) -> Option<bool> {
             .is_ok_and(|x| x.is_finite() && (x > lo || (lo_ok && x == lo)) && x <= hi),
         Kind::Text => !v.is_empty() && v.len() <= 65_535 && !v.contains('\0'),
         Kind::Topic => ref_parse(v).is_some(),
-        Kind::Payload => v == "json" || v == "value",
+        Kind::Choice(words) => words.contains(&v),
         Kind::Alpn => !v.is_empty() && v.len() <= 255,
         Kind::Url | Kind::Switch => return None,
     })
@@ -851,18 +853,20 @@ fn bad_table(kind: Kind) -> Vec<String> {
         Kind::Text => vec![String::new(), "a".repeat(65_536), "☃".repeat(21_846)],
         Kind::Url => bad_urls(),
         Kind::Topic => bad_templates(),
-        Kind::Payload => s(&[
-            "",
-            "JSON",
-            "Json",
-            "xml",
-            " json",
-            "json ",
-            "values",
-            "raw",
-            "value\n",
-            "jsonvalue",
-        ]),
+        Kind::Choice(words) => {
+            let mut v = s(&["", "xml", "raw", "jsonvalue", "rows"]);
+            for w in words {
+                v.extend([
+                    w.to_uppercase(),
+                    format!(" {w}"),
+                    format!("{w} "),
+                    format!("{w}s"),
+                    format!("{w}\n"),
+                ]);
+            }
+            v.retain(|x| !words.contains(&x.as_str()));
+            v
+        }
         Kind::Alpn => vec![String::new(), "a".repeat(256), "☃".repeat(86)],
         Kind::Switch => Vec::new(),
     }
@@ -1054,13 +1058,13 @@ fn random_bad(rng: &mut Rng, kind: Kind) -> String {
             }
             Kind::Url => return random_url(rng),
             Kind::Topic => random_bad_template(rng),
-            Kind::Payload => match rng.range(0, 4) {
+            Kind::Choice(words) => match rng.range(0, 4) {
                 0 => {
-                    let w = *rng.pick(&["json", "value"]);
+                    let w = *rng.pick(words);
                     random_case(rng, w)
                 }
-                1 => format!("{}{}", rng.pick(&["json", "value"]), random_garbage(rng)),
-                2 => format!("{}{}", random_garbage(rng), rng.pick(&["json", "value"])),
+                1 => format!("{}{}", rng.pick(words), random_garbage(rng)),
+                2 => format!("{}{}", random_garbage(rng), rng.pick(words)),
                 _ => random_garbage(rng),
             },
             Kind::Alpn => match rng.range(0, 3) {
@@ -1111,6 +1115,7 @@ fn good_flag(name: &str) -> Option<&'static [&'static str]> {
         "rate" => &["100", "0.5"],
         "topic" => &["t/{id_wasp}/{sensor}", "{{x}}/{id}"],
         "payload" => &["json", "value"],
+        "group" => &["row"],
         "sync-mask" => &["64", "128"],
         "batch" | "inflight" | "max-attempts" | "limit" | "max-payload" => &["7"],
         _ => return None,
@@ -1492,6 +1497,7 @@ fn good_json(key: &str) -> Option<&'static str> {
         "connect-timeout" => "2.5",
         "topic" => "\"t/{id}/{{x}}\"",
         "payload" => "\"value\"",
+        "group" => "\"row\"",
         "sync-mask" => "128",
         "batch" => "10",
         "inflight" => "5",
