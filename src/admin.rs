@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use crate::cli::{FailuresArgs, InitArgs, PurgeArgs, RequeueArgs, StatusArgs};
+use crate::cli::{FailuresArgs, ImportMeshliumArgs, InitArgs, PurgeArgs, RequeueArgs, StatusArgs};
 use crate::config::Target;
 use crate::db::{Db, Destination, Mode};
 use crate::error::{Error, Exit, Result};
@@ -167,6 +167,25 @@ pub fn purge(args: &PurgeArgs) -> Result<Exit> {
     }
     if args.json {
         print_json(&purged);
+    }
+    Ok(Exit::Ok)
+}
+
+/// Prints the JSON config equivalent to Meshlium's MQTT settings (pretty,
+/// on stdout) and what the user should know (on stderr).
+pub fn import_meshlium(args: &ImportMeshliumArgs) -> Result<Exit> {
+    let (config, notes) = crate::meshlium::import(std::path::Path::new(&args.dir))?;
+    for note in notes {
+        eprintln!("frameflush: note: {note}");
+    }
+    match serde_json::to_string_pretty(&config) {
+        Ok(text) => out(&text),
+        Err(e) => {
+            return Err(Error::new(
+                Exit::Config,
+                format!("cannot write the config: {e}"),
+            ));
+        }
     }
     Ok(Exit::Ok)
 }

@@ -39,6 +39,7 @@ pub enum Command {
     Failures(FailuresArgs),
     Requeue(RequeueArgs),
     Purge(PurgeArgs),
+    ImportMeshlium(ImportMeshliumArgs),
 }
 
 /// Publish unsent rows (oldest first) and mark each one after its PUBACK.
@@ -110,6 +111,15 @@ pub struct FlushArgs {
     /// topic template (default sensors/{id_wasp}/{sensor})
     #[argh(option, short = 't')]
     pub topic: Option<String>,
+    /// file holding the topic template (e.g. Meshlium's topic_template)
+    #[argh(option)]
+    pub topic_file: Option<String>,
+    /// message template instead of the JSON payload: {column} or Meshlium's #SENSOR#|#VALUE#|#TS("U")# placeholders
+    #[argh(option)]
+    pub message: Option<String>,
+    /// file holding the message template (e.g. Meshlium's message_template)
+    #[argh(option)]
+    pub message_file: Option<String>,
     /// payload format: json (one object per row, the default) or value (the bare value)
     #[argh(option)]
     pub payload: Option<String>,
@@ -267,4 +277,17 @@ pub struct PurgeArgs {
     /// print one JSON summary object
     #[argh(switch)]
     pub json: bool,
+}
+
+/// Print the frameflush JSON config equivalent to a Meshlium MQTT settings directory (setup.ini, topic_template, message_template).
+#[derive(FromArgs, Debug, Default)]
+#[argh(
+    subcommand,
+    name = "import-meshlium",
+    example = "frameflush import-meshlium /mnt/lib/cfg/mqtt > /etc/frameflush/config.json"
+)]
+pub struct ImportMeshliumArgs {
+    /// the directory holding setup.ini (Meshlium: /mnt/lib/cfg/mqtt)
+    #[argh(positional)]
+    pub dir: String,
 }

@@ -136,6 +136,9 @@ struct FileSettings {
     keepalive: Option<u16>,
     connect_timeout: Option<f64>,
     topic: Option<String>,
+    topic_file: Option<String>,
+    message: Option<String>,
+    message_file: Option<String>,
     payload: Option<String>,
     group: Option<String>,
     sync_mask: Option<u64>,
@@ -602,13 +605,25 @@ impl Config {
                 other => return Err(g.bad(format_args!("must be row or frame, not {other:?}"))),
             },
         };
+        let topic_file = template_file(pick(
+            "topic-file",
+            args.topic_file.clone(),
+            file.topic_file.clone(),
+        ))?;
+        if topic_file.is_some() && (args.topic.is_some() || file.topic.is_some()) {
+            return Err(Error::usage(
+                "--topic and --topic-file both give the topic: keep one",
+            ));
+        }
         let topic = match pick_or_url(
             "topic",
             args.topic.clone(),
             au_topic,
             file.topic.clone(),
             fu_topic,
-        ) {
+        )
+        .or(topic_file)
+        {
             None => {
                 let default = if group == Group::Frame {
                     DEFAULT_FRAME_TOPIC
@@ -632,15 +647,47 @@ impl Config {
                 template
             }
         };
-        let payload = match pick("payload", args.payload.clone(), file.payload.clone()) {
-            None => PayloadFormat::Json,
-            Some(p) => match p.v.as_str() {
-                "json" => PayloadFormat::Json,
-                "value" if group == Group::Frame => {
-                    return Err(p.bad("value cannot carry a whole frame: drop it or --group frame"));
+        let message = match pick("message", args.message.clone(), file.message.clone()) {
+            Some(m) => {
+                if args.message_file.is_some() || file.message_file.is_some() {
+                    return Err(m.bad("and a message file both give the message: keep one"));
                 }
-                "value" => PayloadFormat::Value,
-                other => return Err(p.bad(format_args!("must be json or value, not {other:?}"))),
+                Some(m)
+            }
+            None => template_file(pick(
+                "message-file",
+                args.message_file.clone(),
+                file.message_file.clone(),
+            ))?,
+        };
+        let payload = match (
+            message,
+            pick("payload", args.payload.clone(), file.payload.clone()),
+        ) {
+            (Some(m), Some(_)) => {
+                return Err(m.bad("and --payload both say what a message holds: keep one"));
+            }
+            (Some(m), None) if group == Group::Frame => {
+                return Err(m.bad("cannot carry a whole frame: drop it or --group frame"));
+            }
+            (Some(m), None) => PayloadFormat::Message(
+                Template::parse_as(&m.v, crate::template::Kind::Message, &hostname())
+                    .map_err(|why| m.bad(format_args!("{:?}: {why}", m.v)))?,
+            ),
+            (None, p) => match p {
+                None => PayloadFormat::Json,
+                Some(p) => match p.v.as_str() {
+                    "json" => PayloadFormat::Json,
+                    "value" if group == Group::Frame => {
+                        return Err(
+                            p.bad("value cannot carry a whole frame: drop it or --group frame")
+                        );
+                    }
+                    "value" => PayloadFormat::Value,
+                    other => {
+                        return Err(p.bad(format_args!("must be json or value, not {other:?}")));
+                    }
+                },
             },
         };
 
@@ -734,6 +781,33 @@ impl Config {
             warnings,
         })
     }
+}
+
+/// A template read from a file (Meshlium's `topic_template` and
+/// `message_template`): the file's text without its final line end. The
+/// value keeps the file option's origin, so a bad template is blamed on the
+/// file option.
+fn template_file(v: Option<Val<String>>) -> Result<Option<Val<String>>> {
+    let Some(f) = v else { return Ok(None) };
+    if f.v.is_empty() {
+        return Err(f.bad("is empty: give a file"));
+    }
+    let text = std::fs::read(&f.v).map_err(|e| {
+        Error::config(format!(
+            "cannot read template file {}: {}",
+            f.v,
+            io_reason(&e)
+        ))
+    })?;
+    let text = String::from_utf8(text)
+        .map_err(|_| Error::config(format!("template file {} is not UTF-8 text", f.v)))?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    let text = text.strip_suffix('\r').unwrap_or(text).to_string();
+    Ok(Some(Val {
+        v: text,
+        from: f.from,
+        key: f.key,
+    }))
 }
 
 /// The TLS settings when TLS is on (an `mqtts://` URL, `--cafile` or

@@ -13,6 +13,7 @@ mod config;
 mod db;
 mod error;
 mod lock;
+mod meshlium;
 mod metrics;
 mod publish;
 mod retention;
@@ -118,6 +119,7 @@ fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
         Command::Failures(args) => admin::failures(&args),
         Command::Requeue(args) => admin::requeue(&args),
         Command::Purge(args) => admin::purge(&args),
+        Command::ImportMeshlium(args) => admin::import_meshlium(&args),
     }
 }
 

@@ -30,43 +30,107 @@ impl fmt::Display for RowError {
 enum Part {
     Literal(String),
     Field(Column),
+    /// Meshlium's `#TS("fmt")#`: the timestamp in a PHP date() format.
+    Date(String),
 }
 
-/// A parsed topic template: literal text and `{column}` placeholders;
-/// `{{` and `}}` stand for literal braces.
+/// What a template makes: a topic (wildcards, NUL, a leading `$` and NULL
+/// fields refused) or a message (any text; a NULL field is empty, as on
+/// Meshlium).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Topic,
+    Message,
+}
+
+/// A parsed template: literal text, `{column}` placeholders (`{{` and `}}`
+/// stand for literal braces) and Meshlium's `#NAME#` placeholders:
+/// `#ID# #ID_WASP# #ID_SECRET# #SENSOR# #VALUE# #FRAME_TYPE# #FRAME_NUMBER#
+/// #TIMESTAMP#`, `#MESHLIUM#` (this host's name) and `#TS("fmt")#` (the
+/// timestamp in a PHP date() format).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
     parts: Vec<Part>,
+    kind: Kind,
+}
+
+/// Meshlium's placeholder names and the columns they stand for.
+const MESHLIUM_NAMES: [(&str, Column); 8] = [
+    ("ID", Column::Id),
+    ("ID_WASP", Column::IdWasp),
+    ("ID_SECRET", Column::IdSecret),
+    ("SENSOR", Column::Sensor),
+    ("VALUE", Column::Value),
+    ("FRAME_TYPE", Column::FrameType),
+    ("FRAME_NUMBER", Column::FrameNumber),
+    ("TIMESTAMP", Column::Timestamp),
+];
+
+/// A Meshlium `#…#` placeholder at the start of `s` (which starts with
+/// `#`): its part and its length in bytes. `None`: not a placeholder.
+fn meshlium_token(s: &str, host: &str) -> Option<Result<(Part, usize), String>> {
+    let body = &s[1..];
+    if let Some(rest) = body.strip_prefix("TS(") {
+        let quote = rest.chars().next().filter(|&q| q == '"' || q == '\'')?;
+        let inner = &rest[1..];
+        let close = format!("{quote})#");
+        let Some(end) = inner.find(&close) else {
+            return Some(Err(format!("has an unclosed #TS({quote}…{quote})#")));
+        };
+        let format = &inner[..end];
+        if let Err(why) = crate::meshlium::check_php_format(format) {
+            return Some(Err(format!("has a bad #TS date format: {why}")));
+        }
+        return Some(Ok((
+            Part::Date(format.to_string()),
+            1 + 3 + 1 + end + close.len(),
+        )));
+    }
+    let end = body.find('#')?;
+    let name = &body[..end];
+    if name == "MESHLIUM" {
+        return Some(Ok((Part::Literal(host.to_string()), end + 2)));
+    }
+    let (_, col) = MESHLIUM_NAMES.iter().find(|(n, _)| *n == name)?;
+    Some(Ok((Part::Field(*col), end + 2)))
 }
 
 impl Template {
+    /// A topic template.
     pub fn parse(s: &str) -> Result<Template, String> {
+        Template::parse_as(s, Kind::Topic, &crate::config::hostname())
+    }
+
+    /// A template of the given kind; `host` stands for `#MESHLIUM#`.
+    pub fn parse_as(s: &str, kind: Kind, host: &str) -> Result<Template, String> {
         if s.is_empty() {
             return Err("is empty".into());
         }
-        if s.len() > MAX_TOPIC_LEN {
+        if kind == Kind::Topic && s.len() > MAX_TOPIC_LEN {
             return Err(format!(
                 "is longer than a topic can be ({MAX_TOPIC_LEN} bytes)"
             ));
         }
         let mut parts = Vec::new();
         let mut lit = String::new();
-        let mut chars = s.char_indices().peekable();
-        while let Some((i, c)) = chars.next() {
-            match c {
-                '{' if chars.peek().map(|&(_, c)| c) == Some('{') => {
-                    chars.next();
+        let mut i = 0;
+        while let Some(c) = s[i..].chars().next() {
+            let rest = &s[i..];
+            let token = match c {
+                '{' if rest.starts_with("{{") => {
                     lit.push('{');
+                    i += 2;
+                    continue;
                 }
                 '{' => {
-                    let rest = &s[i + 1..];
-                    let Some(end) = rest
+                    let body = &rest[1..];
+                    let Some(end) = body
                         .find(['}', '{'])
-                        .filter(|&e| rest.as_bytes()[e] == b'}')
+                        .filter(|&e| body.as_bytes()[e] == b'}')
                     else {
                         return Err(format!("has an unclosed '{{' at byte {i}"));
                     };
-                    let name = &rest[..end];
+                    let name = &body[..end];
                     let Some(col) = Column::from_name(name) else {
                         let known: Vec<String> =
                             Column::ALL.iter().map(|c| format!("{{{c}}}")).collect();
@@ -75,52 +139,79 @@ impl Template {
                             known.join(" ")
                         ));
                     };
-                    if !lit.is_empty() {
-                        parts.push(Part::Literal(std::mem::take(&mut lit)));
-                    }
-                    parts.push(Part::Field(col));
-                    for _ in 0..=end {
-                        chars.next();
-                    }
+                    (Part::Field(col), end + 2)
                 }
-                '}' if chars.peek().map(|&(_, c)| c) == Some('}') => {
-                    chars.next();
+                '}' if rest.starts_with("}}") => {
                     lit.push('}');
+                    i += 2;
+                    continue;
                 }
                 '}' => {
                     return Err(format!(
                         "has a '}}' without its '{{' at byte {i} (write '}}}}' for a literal brace)"
                     ));
                 }
-                '+' | '#' => {
-                    return Err(format!(
-                        "has the wildcard '{c}', which a published topic cannot hold"
-                    ));
+                '#' => match meshlium_token(rest, host) {
+                    Some(token) => token?,
+                    None if kind == Kind::Topic => {
+                        return Err(
+                            "has the wildcard '#', which a published topic cannot hold".into()
+                        );
+                    }
+                    None => {
+                        lit.push('#');
+                        i += 1;
+                        continue;
+                    }
+                },
+                '+' if kind == Kind::Topic => {
+                    return Err("has the wildcard '+', which a published topic cannot hold".into());
                 }
                 '\0' => return Err("has a NUL character".into()),
-                c => lit.push(c),
+                c => {
+                    lit.push(c);
+                    i += c.len_utf8();
+                    continue;
+                }
+            };
+            let (part, len) = token;
+            if !lit.is_empty() {
+                parts.push(Part::Literal(std::mem::take(&mut lit)));
             }
+            parts.push(part);
+            i += len;
         }
         if !lit.is_empty() {
             parts.push(Part::Literal(lit));
         }
-        if let Some(Part::Literal(first)) = parts.first()
-            && first.starts_with('$')
-        {
-            return Err("starts with '$', which brokers reserve for themselves".into());
+        if kind == Kind::Topic {
+            if let Some(Part::Literal(first)) = parts.first()
+                && first.starts_with('$')
+            {
+                return Err("starts with '$', which brokers reserve for themselves".into());
+            }
+            // #MESHLIUM# became literal text: the host name must fit a topic.
+            if parts
+                .iter()
+                .any(|p| matches!(p, Part::Literal(l) if l.contains(['+', '#', '\0'])))
+            {
+                return Err("holds a wildcard or NUL (from #MESHLIUM#, the host name)".into());
+            }
         }
-        Ok(Template { parts })
+        Ok(Template { parts, kind })
     }
 
-    /// The columns the template uses.
+    /// The columns the template uses (`#TS(…)#` uses the timestamp).
     pub fn columns(&self) -> impl Iterator<Item = Column> + '_ {
         self.parts.iter().filter_map(|p| match p {
             Part::Field(c) => Some(*c),
+            Part::Date(_) => Some(Column::Timestamp),
             Part::Literal(_) => None,
         })
     }
 
-    /// The topic for this row, or why there is none.
+    /// The text for this row (a topic is checked as a topic), or why there
+    /// is none.
     pub fn render(&self, row: &Row) -> Result<String, RowError> {
         let mut out = String::new();
         for part in &self.parts {
@@ -134,11 +225,21 @@ impl Template {
                     Field::Real(x) => {
                         let _ = write!(out, "{x}");
                     }
+                    Field::Null if self.kind == Kind::Message => {}
                     other => return Err(not_text(*c, other)),
+                },
+                Part::Date(format) => match row.get(Column::Timestamp) {
+                    Field::Text(t) => out.push_str(
+                        &crate::meshlium::php_date(format, t)
+                            .map_err(|why| RowError(format!("#TS: {why}")))?,
+                    ),
+                    other => return Err(not_text(Column::Timestamp, other)),
                 },
             }
         }
-        check_topic(&out)?;
+        if self.kind == Kind::Topic {
+            check_topic(&out)?;
+        }
         Ok(out)
     }
 }
@@ -173,8 +274,10 @@ fn not_text(c: Column, f: &Field) -> RowError {
 }
 
 /// What a PUBLISH carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PayloadFormat {
+    /// A message template (`--message`), Meshlium style.
+    Message(Template),
     /// One JSON object per row: integers as numbers, text as strings, NULL
     /// as null.
     Json,
@@ -183,8 +286,9 @@ pub enum PayloadFormat {
 }
 
 impl PayloadFormat {
-    pub fn render(self, row: &Row) -> Result<Vec<u8>, RowError> {
+    pub fn render(&self, row: &Row) -> Result<Vec<u8>, RowError> {
         match self {
+            PayloadFormat::Message(t) => t.render(row).map(String::into_bytes),
             PayloadFormat::Json => json_object(row),
             PayloadFormat::Value => match row.get(Column::Value) {
                 Field::Text(s) => Ok(s.clone().into_bytes()),
@@ -385,6 +489,60 @@ mod tests {
         bad = row();
         bad.fields[Column::Value as usize] = Field::Blob(1);
         assert!(check_reading(&bad).is_err());
+    }
+
+    #[test]
+    fn meshlium_placeholders_work_in_topics_and_messages() {
+        let t = Template::parse_as("/#MESHLIUM#/#ID_WASP#", Kind::Topic, "gw7").unwrap();
+        assert_eq!(t.render(&row()).unwrap(), "/gw7/node_01");
+        let m = Template::parse_as(
+            "#SENSOR#|#VALUE#|#TIMESTAMP#|#TS(\"U\")#|#TS('d/m/Y')#|#ID#|#ID_SECRET#|#FRAME_TYPE#|#FRAME_NUMBER#|#NOPE#|+#",
+            Kind::Message,
+            "gw7",
+        )
+        .unwrap();
+        assert_eq!(
+            m.render(&row()).unwrap(),
+            "TC|23.50|2026-11-24 10:00:00|1795514400|24/11/2026|15819|400577471|134|7|#NOPE#|+#"
+        );
+        // A NULL is empty in a message (as on Meshlium), an error in a topic.
+        let mut r = row();
+        r.fields[Column::Value as usize] = Field::Null;
+        assert_eq!(
+            Template::parse_as("#SENSOR#=#VALUE#", Kind::Message, "h")
+                .unwrap()
+                .render(&r)
+                .unwrap(),
+            "TC="
+        );
+        assert!(
+            Template::parse_as("a/#VALUE#", Kind::Topic, "h")
+                .unwrap()
+                .render(&r)
+                .is_err()
+        );
+        // A timestamp #TS cannot read makes the row fail.
+        r.fields[Column::Timestamp as usize] = Field::Text("yesterday".into());
+        assert!(
+            Template::parse_as("#TS(\"U\")#", Kind::Message, "h")
+                .unwrap()
+                .render(&r)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn bad_meshlium_placeholders_are_refused() {
+        for (t, kind, why) in [
+            ("a/#NOPE#", Kind::Topic, "wildcard"),
+            ("#TS(\"U)#", Kind::Message, "unclosed"),
+            ("#TS(\"Y\\\")#", Kind::Message, "date format"),
+            ("a/#MESHLIUM#", Kind::Topic, "NUL"),
+        ] {
+            let host = if why == "NUL" { "bad#host" } else { "h" };
+            let e = Template::parse_as(t, kind, host).unwrap_err();
+            assert!(e.contains(why), "{t:?}: {e}");
+        }
     }
 
     #[test]

@@ -555,6 +555,9 @@ enum Kind {
     Topic,
     /// One of these words, exactly.
     Choice(&'static [&'static str]),
+    /// A message template (`--message`): any text but unbalanced braces,
+    /// unknown `{placeholders}` and broken `#TS(…)#`.
+    Message,
     /// A TLS application protocol: 1 to 255 bytes (and TLS on).
     Alpn,
     Switch,
@@ -604,6 +607,8 @@ fn kind_of(name: &str) -> Option<Kind> {
         "topic" => Kind::Topic,
         "payload" => Kind::Choice(&["json", "value"]),
         "group" => Kind::Choice(&["row", "frame"]),
+        "message" => Kind::Message,
+        "topic-file" | "message-file" => Kind::Path,
         "dry-run" | "json" | "verbose" | "debug" | "quiet" | "insecure" => Kind::Switch,
         _ => return None,
     })
@@ -628,6 +633,7 @@ fn accepts(kind: Kind, v: &str) -> Option<bool> {
         Kind::Text => !v.is_empty() && v.len() <= 65_535 && !v.contains('\0'),
         Kind::Topic => ref_parse(v).is_some(),
         Kind::Choice(words) => words.contains(&v),
+        Kind::Message => return None,
         Kind::Alpn => !v.is_empty() && v.len() <= 255,
         Kind::Url | Kind::Switch => return None,
     })
@@ -853,6 +859,15 @@ fn bad_table(kind: Kind) -> Vec<String> {
         Kind::Text => vec![String::new(), "a".repeat(65_536), "☃".repeat(21_846)],
         Kind::Url => bad_urls(),
         Kind::Topic => bad_templates(),
+        Kind::Message => s(&[
+            "",
+            "{nope}",
+            "#SENSOR#={",
+            "}|#VALUE#",
+            "#TS(\"U)#",
+            "#TS(\"Y\\\")#",
+            "{id_wasp",
+        ]),
         Kind::Choice(words) => {
             let mut v = s(&["", "xml", "raw", "jsonvalue", "rows"]);
             for w in words {
@@ -1058,6 +1073,10 @@ fn random_bad(rng: &mut Rng, kind: Kind) -> String {
             }
             Kind::Url => return random_url(rng),
             Kind::Topic => random_bad_template(rng),
+            Kind::Message => {
+                let table = bad_table(Kind::Message);
+                rng.pick(&table).clone()
+            }
             Kind::Choice(words) => match rng.range(0, 4) {
                 0 => {
                     let w = *rng.pick(words);
@@ -1079,7 +1098,9 @@ fn random_bad(rng: &mut Rng, kind: Kind) -> String {
                 }
             },
         };
-        if accepts(kind, &v) == Some(false) || matches!(kind, Kind::Path | Kind::Switch) {
+        if accepts(kind, &v) == Some(false)
+            || matches!(kind, Kind::Path | Kind::Switch | Kind::Message)
+        {
             return v;
         }
     }
