@@ -530,41 +530,10 @@ fn a_database_whose_directory_is_not_writable_gives_74_at_the_write_probe_and_pu
     let before = std::fs::read(&db).unwrap();
     let _restore = RestoreMode(dir.clone(), 0o755);
     chmod(&dir, 0o555);
-    let root = util::euid() == 0;
-    if root {
-        // root writes anything: run the binary as nobody, who can write the
-        // file and the lock file but not create a journal in the directory.
-        chmod(&env.dir, 0o755);
-        let mut parent = env.dir.parent();
-        while let Some(p) = parent {
-            if p == std::env::temp_dir() {
-                break;
-            }
-            chmod(p, 0o755);
-            parent = p.parent();
-        }
-    }
     let url = broker.url();
-    let run = |json: bool| {
-        let args = flush_args(&db, &url, json);
-        let cmd = if root {
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                util::BIN,
-            ])
-            .args(&args)
-            .env_clear()
-            .current_dir(&env.dir);
-            c
-        } else {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            env.cmd(&args)
-        };
-        util::run_cmd(cmd, LIMIT)
-    };
+    // Unprivileged (as root: as nobody), who can write the file and the lock
+    // file but not create a journal in the directory.
+    let run = |json: bool| util::run_cmd(env.cmd_unprivileged(&flush_args(&db, &url, json)), LIMIT);
     let listing = || -> BTreeSet<String> {
         std::fs::read_dir(&dir)
             .unwrap()

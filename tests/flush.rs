@@ -277,12 +277,11 @@ fn the_broker_killed_mid_flush_gives_75_and_a_rerun_after_restart_delivers_every
         marked_first.len() < 200_000,
         "the kill came too late to test anything"
     );
-    // Everything marked was received by the subscriber before the kill.
-    let received_first: BTreeSet<i64> = sub.ids().into_iter().collect();
-    assert!(
-        marked_first.is_subset(&received_first),
-        "a row was marked that no subscriber received"
-    );
+    // No check here that every marked row reached the subscriber: a
+    // broker killed with SIGKILL may have acknowledged a PUBLISH and died
+    // before forwarding it (mosquitto without persistence). That promise is
+    // tested where the broker stays alive and the link is cut instead
+    // (tests/faults.rs).
     drop(sub);
 
     broker.restart();
@@ -430,35 +429,12 @@ fn a_read_only_database_gives_74_before_anything_is_published() {
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
     let (db_arg, url) = (env.db_arg(), broker.url());
     let args = flush_args(&db_arg, &url);
-    let mut cmd = env.cmd(&args);
-    if util::euid() == 0 {
-        // root writes anything: run the binary as nobody, who may use the
-        // lock file but not write the database or its directory.
-        let lock = env.path("sensors.db.frameflush-64.lock");
-        std::fs::write(&lock, "").unwrap();
-        std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).unwrap();
-        std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let mut parent = env.dir.parent();
-        while let Some(p) = parent {
-            if p == std::env::temp_dir() {
-                break;
-            }
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
-            parent = p.parent();
-        }
-        let mut wrapped = std::process::Command::new("setpriv");
-        wrapped
-            .args([
-                "--reuid=65534",
-                "--regid=65534",
-                "--clear-groups",
-                util::BIN,
-            ])
-            .args(&args)
-            .env_clear()
-            .current_dir(&env.dir);
-        cmd = wrapped;
-    }
+    // As an unprivileged user, who may use the lock file but not write the
+    // database or its directory.
+    let lock = env.path("sensors.db.frameflush-64.lock");
+    std::fs::write(&lock, "").unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let cmd = env.cmd_unprivileged(&args);
     let run = util::run_cmd(cmd, WAIT);
     run.expect_code(74).expect_one_error_line("read-only");
     std::thread::sleep(Duration::from_millis(200));
@@ -771,33 +747,11 @@ fn a_lock_file_left_by_another_user_does_not_lock_the_service_out() {
     std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o444)).unwrap();
     let (db, url) = (env.db_arg(), broker.url());
     let args = flush_args(&db, &url);
-    let cmd = if util::euid() == 0 {
-        // Run as nobody, who may write the database and its directory but
-        // not the lock file.
-        std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        std::fs::set_permissions(env.db(), std::fs::Permissions::from_mode(0o666)).unwrap();
-        let mut p = env.dir.parent();
-        while let Some(d) = p {
-            if d == std::env::temp_dir() {
-                break;
-            }
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
-            p = d.parent();
-        }
-        let mut c = std::process::Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            util::BIN,
-        ])
-        .args(&args)
-        .env_clear()
-        .current_dir(&env.dir);
-        c
-    } else {
-        env.cmd(&args)
-    };
+    // Run unprivileged: the database and its directory are writable, the
+    // lock file is not.
+    std::fs::set_permissions(&env.dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(env.db(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    let cmd = env.cmd_unprivileged(&args);
     util::run_cmd(cmd, WAIT).expect_code(0);
     assert_eq!(marked_ids(&env.db(), 64).len(), 5);
 }

@@ -98,6 +98,36 @@ impl TestEnv {
         run_cmd(self.cmd(args), Duration::from_secs(120))
     }
 
+    /// The binary run as an unprivileged user: as itself when the tests do
+    /// not run as root; as root, as nobody (uid 65534, through `setpriv`),
+    /// because root writes any file whatever its mode. The test directory
+    /// and its parents up to the temp dir are made traversable.
+    pub fn cmd_unprivileged<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) -> Command {
+        use std::os::unix::fs::PermissionsExt as _;
+        if euid() != 0 {
+            let mut cmd = Command::new(BIN);
+            cmd.args(args)
+                .env_clear()
+                .current_dir(&self.dir)
+                .stdin(Stdio::null());
+            return cmd;
+        }
+        let mut dir = Some(self.dir.as_path());
+        while let Some(d) = dir.filter(|d| *d != std::env::temp_dir()) {
+            let mode = std::fs::metadata(d).unwrap().permissions().mode();
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(mode | 0o755)).unwrap();
+            dir = d.parent();
+        }
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(BIN)
+            .args(args)
+            .env_clear()
+            .current_dir(&self.dir)
+            .stdin(Stdio::null());
+        cmd
+    }
+
     pub fn write(&self, rel: &str, text: &str) -> PathBuf {
         let p = self.path(rel);
         std::fs::write(&p, text).unwrap();
