@@ -1,11 +1,11 @@
 //! One flush run, start to end: lock, open, select, publish, mark, report.
 //!
-//! The order is what keeps readings safe. The lock comes first, then the
-//! database is opened and checked; a run with nothing to send stops there,
+//! The order is what keeps readings safe. The database is opened and
+//! checked, then the lock is taken; a run with nothing to send stops there,
 //! before any network traffic and before any write (but the lock file's
-//! creation and the index's, both once per database and mask). With something to send, a write to
-//! frameflush's own table proves the database takes writes before the
-//! broker is contacted. Rows are read in chunks of `--batch`, published in a
+//! creation and the index's, both once per database and mask). With
+//! something to send, a write to frameflush's own table proves the database
+//! takes writes before the broker is contacted. Rows are read in chunks of `--batch`, published in a
 //! window of `--inflight`, and marked in short transactions as their PUBACKs
 //! arrive; anything not acknowledged stays unsent. The [`Summary`] counts
 //! what happened, for `--json` and for the exit status.
@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::Group;
-use crate::config::{Config, Log};
+use crate::config::{Config, Group, Log};
 use crate::db::{Db, Mode};
 use crate::error::{Error, Exit, Result};
 use crate::lock::RunLock;
@@ -126,7 +125,7 @@ pub fn flush(cfg: &Config) -> (Summary, Option<Error>) {
         publish_run(cfg, &mut summary, start)
     };
     let error = result.err();
-    summary.unsent = summary.selected - summary.marked;
+    summary.unsent = summary.selected.saturating_sub(summary.marked);
     summary.elapsed_ms = start.elapsed().as_millis() as u64;
     summary.exit_code = exit_status(&summary, error.as_ref()).code();
     summary.error = error.as_ref().map(|e| e.message.clone());
