@@ -692,7 +692,7 @@ impl Config {
         };
 
         let batch = match pick("batch", args.batch, file.batch) {
-            None => 500,
+            None => 200,
             Some(b) if b.v == 0 || b.v > 1_000_000 => {
                 return Err(b.bad("must be from 1 to 1000000"));
             }
@@ -721,7 +721,7 @@ impl Config {
         let max_time = seconds(pick("max-time", args.max_time, file.max_time), 50.0, false)?;
         let ack_timeout = seconds(
             pick("ack-timeout", args.ack_timeout, file.ack_timeout),
-            10.0,
+            5.0,
             false,
         )?;
         let max_payload = match pick("max-payload", args.max_payload, file.max_payload) {
@@ -945,6 +945,15 @@ mod tests {
             c.broker.password.as_ref().map(Secret::expose),
             Some("s3cret")
         );
+    }
+
+    #[test]
+    fn by_default_a_run_ends_within_cron_s_minute() {
+        let c = Config::build(&args("x.db"), &no_env).unwrap();
+        assert_eq!(c.max_time, Duration::from_secs(50));
+        assert_eq!(c.ack_timeout, Duration::from_secs(5));
+        // A run lasts at most max-time + ack-timeout + 1 s of DISCONNECT.
+        assert!(c.max_time + c.ack_timeout + Duration::from_secs(1) < Duration::from_secs(60));
     }
 
     #[test]

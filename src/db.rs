@@ -383,17 +383,28 @@ impl Db {
 
     /// Sets this mask's bit on the given rows in one IMMEDIATE transaction.
     /// Returns how many rows were updated (a row deleted meanwhile is not).
+    /// Runs of consecutive ids (the usual case: acks come in order) go in
+    /// one `BETWEEN` statement each; a range holds exactly the ids of its
+    /// run, so no other row is touched.
     pub fn mark(&mut self, ids: &[i64]) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
         }
+        let mut sorted = ids.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
         let mask = self.mask;
         self.write("mark rows in", |tx| {
-            let mut st =
-                tx.prepare_cached("UPDATE sensorParser SET sync = sync | ?1 WHERE id = ?2")?;
+            let mut st = tx.prepare_cached(
+                "UPDATE sensorParser SET sync = sync | ?1 WHERE id BETWEEN ?2 AND ?3",
+            )?;
             let mut n = 0;
-            for id in ids {
-                n += st.execute(params![mask, id])?;
+            let mut start = 0;
+            for i in 1..=sorted.len() {
+                if i == sorted.len() || sorted[i] != sorted[i - 1] + 1 {
+                    n += st.execute(params![mask, sorted[start], sorted[i - 1]])?;
+                    start = i;
+                }
             }
             Ok(n)
         })
