@@ -260,7 +260,10 @@ impl Session {
             .map_err(|e| {
                 Error::new(
                     Exit::TempFail,
-                    format!("cannot queue row {} for publishing: {e}", rows.ids()[0]),
+                    format!(
+                        "cannot queue row {} for publishing: {e}",
+                        rows.ids().first().copied().unwrap_or_default()
+                    ),
                 )
             })?;
         self.tracker.handed(rows);
