@@ -437,8 +437,7 @@ impl Received {
 /// message in a thread.
 pub struct Subscriber {
     messages: Arc<Mutex<Vec<Received>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker,
 }
 
 impl Subscriber {
@@ -490,8 +489,10 @@ impl Subscriber {
             .expect("the subscriber got no SUBACK within 10 s");
         Subscriber {
             messages,
-            stop,
-            thread: Some(thread),
+            worker: Worker {
+                stop,
+                thread: Some(thread),
+            },
         }
     }
 
@@ -520,7 +521,14 @@ impl Subscriber {
     }
 }
 
-impl Drop for Subscriber {
+/// A thread of the harness (a subscriber, a fake broker, a proxy) that
+/// polls `stop` and is stopped and joined when its owner is dropped.
+struct Worker {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for Worker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
@@ -533,8 +541,7 @@ impl Drop for Subscriber {
 /// that hangs before CONNACK.
 pub struct SilentServer {
     pub port: u16,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker,
 }
 
 impl SilentServer {
@@ -556,17 +563,10 @@ impl SilentServer {
         });
         SilentServer {
             port,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for SilentServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            worker: Worker {
+                stop,
+                thread: Some(thread),
+            },
         }
     }
 }
@@ -576,8 +576,7 @@ impl Drop for SilentServer {
 pub struct AcklessBroker {
     pub port: u16,
     pub publishes_seen: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker,
 }
 
 impl AcklessBroker {
@@ -629,17 +628,10 @@ impl AcklessBroker {
         AcklessBroker {
             port,
             publishes_seen: seen,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for AcklessBroker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            worker: Worker {
+                stop,
+                thread: Some(thread),
+            },
         }
     }
 }
@@ -715,8 +707,7 @@ pub struct Proxy {
     pub acks_relayed: Arc<AtomicUsize>,
     /// Bytes relayed from the client to the broker.
     pub bytes_up: Arc<AtomicUsize>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    worker: Worker,
 }
 
 impl Proxy {
@@ -770,17 +761,10 @@ impl Proxy {
             port,
             acks_relayed: acks,
             bytes_up: up,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            worker: Worker {
+                stop,
+                thread: Some(thread),
+            },
         }
     }
 }
