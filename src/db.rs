@@ -681,6 +681,7 @@ impl Db {
         after: i64,
         limit: usize,
     ) -> Result<(usize, Option<i64>)> {
+        let own_tables = self.own_tables;
         self.write("delete rows from", |tx| {
             let ids: Vec<i64> = {
                 let mut st = tx.prepare_cached(
@@ -694,7 +695,7 @@ impl Db {
             for id in &ids {
                 del.execute([id])?;
             }
-            if !ids.is_empty() && self_has_failures(tx)? {
+            if !ids.is_empty() && own_tables {
                 let mut forget =
                     tx.prepare_cached("DELETE FROM frameflush_failures WHERE row_id = ?1")?;
                 for id in &ids {
@@ -785,16 +786,6 @@ impl Db {
             .map_err(|e| self.error("read", e))?;
         Ok(details.join("; "))
     }
-}
-
-/// frameflush's failure table exists in this transaction's database.
-fn self_has_failures(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<bool> {
-    tx.query_row(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'frameflush_failures'",
-        [],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n > 0)
 }
 
 fn field(v: rusqlite::types::ValueRef<'_>) -> Field {
