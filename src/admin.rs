@@ -13,7 +13,8 @@ use crate::cli::{FailuresArgs, ImportMeshliumArgs, InitArgs, PurgeArgs, RequeueA
 use crate::config::Target;
 use crate::db::{Db, Destination, Mode};
 use crate::error::{Error, Exit, Result};
-use crate::{out, print_json, retention};
+use crate::retention;
+use crate::sys::{out, print_json};
 
 pub fn init(args: &InitArgs) -> Result<Exit> {
     let target = Target::from_flags(args.db.as_deref(), args.config.as_deref(), args.sync_mask)?;

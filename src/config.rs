@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::cli::FlushArgs;
 use crate::error::{Error, Exit, Result};
+use crate::sys::{hostname, io_reason};
 use crate::template::{PayloadFormat, Template};
 use crate::tls::{Tls, TlsOptions, secret_file_warning};
 
@@ -257,15 +258,6 @@ fn read_file_settings(path: Option<&str>) -> Result<FileSettings> {
     Ok(settings)
 }
 
-/// An io::Error's reason without the "(os error N)" noise.
-pub fn io_reason(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
-}
-
 fn target(
     db: Option<Val<String>>,
     sync_mask: Option<Val<u64>>,
@@ -413,19 +405,6 @@ fn parse_url(s: &str) -> std::result::Result<Url, String> {
         username: userinfo.map(str::to_string),
         topic: topic.filter(|t| !t.is_empty()).map(str::to_string),
     })
-}
-
-/// The machine's host name, for the default client id.
-pub fn hostname() -> String {
-    for path in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            let s = s.trim();
-            if !s.is_empty() {
-                return s.to_string();
-            }
-        }
-    }
-    "gateway".to_string()
 }
 
 fn read_password_file(path: &Path) -> Result<Secret> {

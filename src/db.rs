@@ -18,9 +18,10 @@
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use crate::config::{Target, io_reason};
+use crate::config::Target;
 use crate::error::{Error, Exit, Result};
 use crate::row::{Field, Row};
+use crate::sys::io_reason;
 
 /// Meshlium's table as SQLite spells it.
 pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS sensorParser (

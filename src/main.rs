@@ -19,6 +19,8 @@ mod publish;
 mod retention;
 mod row;
 mod run;
+mod summary;
+mod sys;
 mod template;
 mod tls;
 
@@ -29,6 +31,7 @@ use argh::FromArgs;
 use crate::cli::{Cli, Command};
 use crate::config::Config;
 use crate::error::{Exit, Result};
+use crate::sys::{out, print_json};
 
 fn main() -> ExitCode {
     let mut args = Vec::new();
@@ -90,7 +93,7 @@ fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
                 Ok(cfg) => cfg,
                 Err(e) => {
                     if args.json {
-                        print_json(&run::Summary {
+                        print_json(&summary::Summary {
                             exit_code: e.exit.code(),
                             error: Some(e.message.clone()),
                             ..Default::default()
@@ -111,7 +114,7 @@ fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
             }
             match error {
                 Some(e) => Err(e),
-                None => Ok(run::exit_status(&summary, None)),
+                None => Ok(summary::exit_status(&summary, None)),
             }
         }
         Command::Init(args) => admin::init(&args),
@@ -121,20 +124,4 @@ fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
         Command::Purge(args) => admin::purge(&args),
         Command::ImportMeshlium(args) => admin::import_meshlium(&args),
     }
-}
-
-/// One JSON value on one line of stdout.
-pub fn print_json<T: serde::Serialize>(value: &T) {
-    match serde_json::to_string(value) {
-        Ok(s) => out(&s),
-        Err(e) => eprintln!("frameflush: error: cannot write JSON: {e}"),
-    }
-}
-
-/// One line on stdout. A closed stdout (`| head`) is not worth a panic: the
-/// exit status still tells.
-pub fn out(line: &str) {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{line}");
 }

@@ -364,8 +364,8 @@ impl Session {
 
 fn describe(e: &ConnectionError) -> String {
     match e {
-        ConnectionError::Io(io) => crate::config::io_reason(io),
-        ConnectionError::MqttState(StateError::Io(io)) => crate::config::io_reason(io),
+        ConnectionError::Io(io) => crate::sys::io_reason(io),
+        ConnectionError::MqttState(StateError::Io(io)) => crate::sys::io_reason(io),
         ConnectionError::MqttState(StateError::ConnectionAborted) => {
             "the broker closed the connection".into()
         }

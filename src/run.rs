@@ -14,14 +14,13 @@ use std::collections::VecDeque;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::config::{Config, Group, Log};
 use crate::db::{Db, Mode};
 use crate::error::{Error, Exit, Result};
 use crate::lock::RunLock;
 use crate::publish::{Polled, Rows, Session};
 use crate::row::{Column, Field, Row};
+use crate::summary::{Summary, exit_status};
 use crate::template::{FRAME_COLUMNS, RowError, check_reading, frame_json};
 
 /// At most this many rows that cannot become a message are named on stderr
@@ -33,28 +32,6 @@ const MARK_INTERVAL: Duration = Duration::from_secs(1);
 /// `--max-time` + `--ack-timeout` + this (50 + 5 + 1 s by default: under
 /// cron's minute).
 const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
-
-/// What a run did: printed by `--json`, one object, failed runs too.
-#[derive(Debug, Default, Serialize)]
-pub struct Summary {
-    pub selected: u64,
-    pub published: u64,
-    pub acknowledged: u64,
-    pub marked: u64,
-    pub failed: u64,
-    /// Rows this run quarantined (they reached `--max-attempts`).
-    pub quarantined: u64,
-    /// Selected by this run and still unsent at its end.
-    pub unsent: u64,
-    /// Unsent rows for this mask in the database at the end, when known.
-    pub backlog: Option<u64>,
-    /// Age in seconds of the oldest of them, when known.
-    pub oldest_unsent_age_s: Option<i64>,
-    pub elapsed_ms: u64,
-    pub exit_code: u8,
-    pub error: Option<String>,
-    pub dry_run: bool,
-}
 
 /// The one-line progress display: only on a terminal, only for runs that
 /// last over a second, redrawn four times a second, erased at the end.
@@ -147,16 +124,6 @@ pub fn flush(cfg: &Config) -> (Summary, Option<Error>) {
         }
     }
     (summary, error)
-}
-
-/// An error's status wins; otherwise rows that could not be made into
-/// messages give 65.
-pub fn exit_status(summary: &Summary, error: Option<&Error>) -> Exit {
-    match error {
-        Some(e) => e.exit,
-        None if summary.failed > 0 => Exit::DataErr,
-        None => Exit::Ok,
-    }
 }
 
 /// Chunk size for the next SELECT, within `--batch` and what `--limit`

@@ -73,8 +73,8 @@ impl Tls {
 #[cfg(feature = "tls")]
 mod imp {
     use super::*;
-    use crate::config::io_reason;
     use crate::error::Exit;
+    use crate::sys::io_reason;
 
     /// Where a system's CA bundle usually is (Debian/Ubuntu, Fedora/RHEL,
     /// openSUSE, Alpine and the BSDs).
