@@ -2,7 +2,7 @@
 //! `requeue` and `purge`, and what they print.
 //!
 //! Each builds its [`Target`] (database and destination bit) from its flags
-//! and the config file, does one thing through [`crate::db`] or
+//! and the config file, does one thing through [`crate::source`] or
 //! [`crate::retention`], and prints text for people or one JSON value for
 //! scripts (`--json`). Successful commands that change something print
 //! nothing.
@@ -11,14 +11,14 @@ use serde::Serialize;
 
 use crate::cli::{FailuresArgs, ImportMeshliumArgs, InitArgs, PurgeArgs, RequeueArgs, StatusArgs};
 use crate::config::Target;
-use crate::db::{Db, Destination, Mode};
 use crate::error::{Error, Exit, Result};
 use crate::retention;
+use crate::source::{self, Destination, Mode};
 use crate::sys::{out, print_json};
 
 pub fn init(args: &InitArgs) -> Result<Exit> {
     let target = Target::from_flags(args.db.as_deref(), args.config.as_deref(), args.sync_mask)?;
-    Db::init(&target)?;
+    source::init(&target)?;
     Ok(Exit::Ok)
 }
 
@@ -44,7 +44,7 @@ fn age(seconds: i64) -> String {
 pub fn status(args: &StatusArgs) -> Result<Exit> {
     let first = args.sync_mask.first().copied();
     let target = Target::from_flags(args.db.as_deref(), args.config.as_deref(), first)?;
-    let mut db = Db::open(&target, Mode::ReadOnly)?;
+    let mut db = source::open(&target, Mode::ReadOnly)?;
     // The masks asked for; else the config's; else every mask the
     // database has seen, and the default one.
     let masks: Vec<i64> = if !args.sync_mask.is_empty() {
@@ -108,7 +108,7 @@ pub fn status(args: &StatusArgs) -> Result<Exit> {
 
 pub fn failures(args: &FailuresArgs) -> Result<Exit> {
     let target = Target::from_flags(args.db.as_deref(), args.config.as_deref(), args.sync_mask)?;
-    let failures = Db::open(&target, Mode::ReadOnly)?.failures()?;
+    let failures = source::open(&target, Mode::ReadOnly)?.failures()?;
     if args.json {
         print_json(&failures);
         return Ok(Exit::Ok);
@@ -138,7 +138,7 @@ pub fn requeue(args: &RequeueArgs) -> Result<Exit> {
             ));
         }
     };
-    let mut db = Db::open(&target, Mode::ReadWrite)?;
+    let mut db = source::open(&target, Mode::ReadWrite)?;
     let n = db.requeue(ids)?;
     if let Some(ids) = ids
         && n < ids.len()

@@ -4,13 +4,13 @@
 //! `main` stays thin: parse the command line, build the validated
 //! configuration, run the command, print the one error line and exit with
 //! its status. The map of the rest: `cli` (syntax) → `config` (meaning) →
-//! `run` (one flush: `lock`, `db`, `template` over `row`, `publish`);
+//! `run` (one flush: `source` (`sqlite`, its `lock`), `template` over
+//! `row`, `publish`);
 //! `error` holds the one error type and the exit statuses.
 
 mod admin;
 mod cli;
 mod config;
-mod db;
 mod error;
 mod lock;
 mod meshlium;
@@ -19,6 +19,7 @@ mod publish;
 mod retention;
 mod row;
 mod run;
+mod source;
 mod summary;
 mod sys;
 mod template;

@@ -14,8 +14,8 @@ use serde::Serialize;
 
 use crate::cli::PurgeArgs;
 use crate::config::Target;
-use crate::db::{Db, Mode};
 use crate::error::{Error, Result};
+use crate::source::{self, Mode, Source};
 
 /// Rows deleted per transaction.
 pub const BATCH: usize = 1000;
@@ -71,14 +71,14 @@ pub fn purge(args: &PurgeArgs, target: &Target) -> Result<Purged> {
         }
         Some(m) => m as i64,
     };
-    let mut db = Db::open(target, Mode::ReadWrite)?;
+    let mut db = source::open(target, Mode::ReadWrite)?;
     let mut out = Purged {
         require_mask: require,
         ..Purged::default()
     };
     if let Some(age) = age {
         let cutoff = db.cutoff(age)?;
-        out.deleted_by_age = delete(&mut db, require, Some(&cutoff), u64::MAX)?;
+        out.deleted_by_age = delete(&mut *db, require, Some(&cutoff), u64::MAX)?;
     }
     let (total, unsent) = db.row_counts(require)?;
     if let Some(cap) = args.max_rows
@@ -86,7 +86,7 @@ pub fn purge(args: &PurgeArgs, target: &Target) -> Result<Purged> {
     {
         let excess = total - cap;
         // Only sent rows go; unsent ones may keep the table over the cap.
-        out.deleted_by_cap = delete(&mut db, require, None, excess.min(total - unsent))?;
+        out.deleted_by_cap = delete(&mut *db, require, None, excess.min(total - unsent))?;
     }
     out.freed_pages = db.reclaim(args.vacuum)?;
     (out.remaining, out.unsent) = db.row_counts(require)?;
@@ -95,7 +95,7 @@ pub fn purge(args: &PurgeArgs, target: &Target) -> Result<Purged> {
 }
 
 /// Deletes up to `at_most` matching rows in batches; returns how many.
-fn delete(db: &mut Db, require: i64, before: Option<&str>, at_most: u64) -> Result<u64> {
+fn delete(db: &mut dyn Source, require: i64, before: Option<&str>, at_most: u64) -> Result<u64> {
     let mut deleted = 0u64;
     let mut after = 0;
     while deleted < at_most {

@@ -15,11 +15,10 @@ use std::io::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::config::{Config, Group, Log};
-use crate::db::{Db, Mode};
 use crate::error::{Error, Exit, Result};
-use crate::lock::RunLock;
 use crate::publish::{Polled, Rows, Session};
 use crate::row::{Column, Field, Row};
+use crate::source::{self, Mode, Source};
 use crate::summary::{Summary, exit_status};
 use crate::template::{FRAME_COLUMNS, RowError, check_reading, frame_json};
 
@@ -54,7 +53,7 @@ impl Progress {
         }
     }
 
-    fn tick(&mut self, db: &Db, summary: &Summary, start: Instant) {
+    fn tick(&mut self, db: &dyn Source, summary: &Summary, start: Instant) {
         if !self.enabled
             || start.elapsed() < Duration::from_secs(1)
             || self.last.elapsed() < Duration::from_millis(250)
@@ -195,7 +194,7 @@ struct Chunk {
     more: bool,
 }
 
-fn next_rows(cfg: &Config, db: &Db, after: i64, selected: u64) -> Result<Chunk> {
+fn next_rows(cfg: &Config, db: &dyn Source, after: i64, selected: u64) -> Result<Chunk> {
     let want = next_chunk(cfg, selected);
     if want == 0 {
         return Ok(Chunk {
@@ -290,7 +289,7 @@ fn render(
 /// `--max-attempts`).
 fn render_and_record(
     cfg: &Config,
-    db: &mut Db,
+    db: &mut dyn Source,
     rows: Vec<Row>,
     summary: &mut Summary,
     out: &mut VecDeque<Message>,
@@ -308,13 +307,13 @@ fn render_and_record(
 }
 
 fn dry_run(cfg: &Config, summary: &mut Summary) -> Result<()> {
-    let db = Db::open(&cfg.target, Mode::ReadOnly)?;
+    let db = source::open(&cfg.target, Mode::ReadOnly)?;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut after = 0;
     let mut queue = VecDeque::new();
     loop {
-        let Chunk { rows, more } = next_rows(cfg, &db, after, summary.selected)?;
+        let Chunk { rows, more } = next_rows(cfg, &*db, after, summary.selected)?;
         summary.selected += rows.len() as u64;
         if let Some(last) = rows.last() {
             after = last.id;
@@ -343,13 +342,13 @@ fn dry_run(cfg: &Config, summary: &mut Summary) -> Result<()> {
 fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()> {
     // The database is checked before the lock file is made beside it: a
     // missing database leaves no stray lock file.
-    let mut db = Db::open(&cfg.target, Mode::ReadWrite)?;
-    let _lock = RunLock::acquire(&cfg.target.lock_path())?;
+    let mut db = source::open(&cfg.target, Mode::ReadWrite)?;
+    db.lock_run()?;
     db.ensure_schema()?;
     if cfg.log.debug {
         eprintln!("frameflush: query plan: {}", db.selection_plan()?);
     }
-    let first = next_rows(cfg, &db, 0, 0)?;
+    let first = next_rows(cfg, &*db, 0, 0)?;
     if first.rows.is_empty() {
         if cfg.json || cfg.metrics_file.is_some() {
             summary.backlog = db.backlog().ok();
@@ -358,7 +357,7 @@ fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()
     }
     summary.selected += first.rows.len() as u64;
     db.begin_run()?;
-    let result = drain(cfg, &mut db, first, summary, start);
+    let result = drain(cfg, &mut *db, first, summary, start);
     let exit = exit_status(summary, result.as_ref().err());
     if let Err(e) = db.end_run(exit, summary.marked)
         && cfg.log.verbose
@@ -376,7 +375,7 @@ fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()
 /// stops at the first connection error, at the deadline or when drained.
 fn drain(
     cfg: &Config,
-    db: &mut Db,
+    db: &mut dyn Source,
     first: Chunk,
     summary: &mut Summary,
     start: Instant,
@@ -542,7 +541,7 @@ fn drain(
     }
 }
 
-fn mark(db: &mut Db, acked: &mut Vec<i64>, summary: &mut Summary, log: Log) -> Result<()> {
+fn mark(db: &mut dyn Source, acked: &mut Vec<i64>, summary: &mut Summary, log: Log) -> Result<()> {
     if acked.is_empty() {
         return Ok(());
     }

@@ -1,5 +1,7 @@
-//! The SQLite side: opening and checking the database, selecting unsent
-//! rows, marking acknowledged ones, and the tables and index frameflush owns.
+//! The SQLite source: opening and checking the database file, selecting
+//! unsent rows through a partial index, marking acknowledged ones, the
+//! tables and index frameflush owns, and the run lock (a file beside the
+//! database, [`crate::lock`]).
 //!
 //! The contract with the producer (Meshlium's parser or any other process
 //! that inserts into `sensorParser`): a row is unsent for a destination
@@ -9,17 +11,21 @@
 //! that finding unsent rows costs the same on ten million sent rows as on
 //! none; a table `frameflush_failures` of rows that could not become a
 //! message (per mask: attempts, last error, and once `--max-attempts` is
-//! reached the quarantine that later runs skip); and a table
-//! `frameflush_runs` with the start and outcome of the last run that had
-//! something to send. Writes are short IMMEDIATE
-//! transactions: a concurrent writer waits (busy timeout) instead of
-//! failing, and no write lock is ever held while waiting on the network.
+//! reached the quarantine that later runs skip); a table `frameflush_runs`
+//! with the start and outcome of the last run that had something to send;
+//! and `frameflush_state`, frameflush's own key/value store. Writes are
+//! short IMMEDIATE transactions: a concurrent writer waits (busy timeout)
+//! instead of failing, and no write lock is ever held while waiting on the
+//! network.
+
+use std::path::PathBuf;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
-use serde::Serialize;
 
+use super::{Failure, LastRun, Mode, Source};
 use crate::config::Target;
 use crate::error::{Error, Exit, Result};
+use crate::lock::RunLock;
 use crate::row::{Field, Row};
 use crate::sys::io_reason;
 
@@ -67,74 +73,47 @@ CREATE TABLE IF NOT EXISTS frameflush_runs (
   started_at  TEXT NOT NULL,
   finished_at TEXT,
   exit_code   INTEGER,
-  rows_marked INTEGER NOT NULL DEFAULT 0);";
+  rows_marked INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS frameflush_state (
+  key        TEXT PRIMARY KEY,
+  value      TEXT NOT NULL,
+  updated_at TEXT) WITHOUT ROWID;";
+
+/// The tables of [`OWN_TABLES`] that selections and `status` consult; the
+/// state table (newer) is checked on its own, so that a database from
+/// before it keeps its failures and runs visible to read-only commands.
+const OWN_TABLE_NAMES: [&str; 2] = ["frameflush_failures", "frameflush_runs"];
+const STATE_TABLE: &str = "frameflush_state";
 
 const SELECT_COLUMNS: &str =
     "id, id_wasp, id_secret, frame_type, frame_number, sensor, value, timestamp";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// flush: reads and marks; the file must be writable.
-    ReadWrite,
-    /// status, dry runs: reads only, creates nothing.
-    ReadOnly,
-}
-
-pub struct Db {
+/// An open SQLite database, for one destination bit at a time.
+pub struct Sqlite {
     conn: Connection,
     mask: i64,
     path: String,
     busy_secs: f64,
+    /// The run lock's file, and the lock once taken.
+    lock_path: PathBuf,
+    lock: Option<RunLock>,
     /// The partial index of this mask exists: selections can use it.
     indexed: bool,
     /// frameflush's own tables exist (`frameflush_failures` is consulted).
     own_tables: bool,
-}
-
-/// What `status` reports of one destination (sync bit).
-#[derive(Debug, Serialize)]
-pub struct Destination {
-    pub sync_mask: i64,
-    /// Rows still to send (bit clear, not quarantined).
-    pub unsent: u64,
-    pub oldest_unsent: Option<String>,
-    /// Seconds since `oldest_unsent`, when it is a date.
-    pub oldest_unsent_age_s: Option<i64>,
-    /// Rows that failed `--max-attempts` times and are skipped.
-    pub quarantined: u64,
-    /// Rows that failed but will be tried again.
-    pub failing: u64,
-    pub last_run: Option<LastRun>,
-}
-
-/// One row that could not become a message.
-#[derive(Debug, Serialize)]
-pub struct Failure {
-    pub row_id: i64,
-    pub attempts: i64,
-    pub last_error: String,
-    pub first_failed_at: String,
-    pub last_attempt_at: String,
-    pub quarantined_at: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LastRun {
-    pub started_at: String,
-    pub finished_at: Option<String>,
-    pub exit_code: Option<i64>,
-    pub rows_marked: i64,
+    /// `frameflush_state` exists.
+    state_table: bool,
 }
 
 fn index_name(mask: i64) -> String {
     format!("frameflush_unsent_{mask}")
 }
 
-impl Db {
+impl Sqlite {
     /// Opens an existing database and checks its table. A missing file or
     /// table is exit 66; a file SQLite cannot use, or (in ReadWrite) cannot
     /// write, is 74.
-    pub fn open(target: &Target, mode: Mode) -> Result<Db> {
+    pub fn open(target: &Target, mode: Mode) -> Result<Sqlite> {
         let path = target.db.display().to_string();
         match std::fs::metadata(&target.db) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -165,12 +144,12 @@ impl Db {
         } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&target.db, flags)
             .map_err(|e| db_error(&path, "open", e, 0.0))?;
-        Db::checked(conn, target, mode)
+        Sqlite::checked(conn, target, mode)
     }
 
     /// Creates the database file if needed, the table if missing, and the
     /// mask's index: `frameflush init`.
-    pub fn init(target: &Target) -> Result<Db> {
+    pub fn init(target: &Target) -> Result<Sqlite> {
         let path = target.db.display().to_string();
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
@@ -192,23 +171,26 @@ impl Db {
         }
         conn.execute_batch(CREATE_TABLE)
             .map_err(|e| db_error(&path, "create the table in", e, busy))?;
-        let mut db = Db::checked(conn, target, Mode::ReadWrite)?;
+        let mut db = Sqlite::checked(conn, target, Mode::ReadWrite)?;
         db.ensure_schema()?;
         Ok(db)
     }
 
-    fn checked(conn: Connection, target: &Target, mode: Mode) -> Result<Db> {
+    fn checked(conn: Connection, target: &Target, mode: Mode) -> Result<Sqlite> {
         let path = target.db.display().to_string();
         let busy_secs = target.busy_timeout.as_secs_f64();
         conn.busy_timeout(target.busy_timeout)
             .map_err(|e| db_error(&path, "open", e, 0.0))?;
-        let mut db = Db {
+        let mut db = Sqlite {
             conn,
             mask: target.sync_mask,
             path,
             busy_secs,
+            lock_path: target.lock_path(),
+            lock: None,
             indexed: false,
             own_tables: false,
+            state_table: false,
         };
         db.check_table()?;
         if mode == Mode::ReadWrite && db.conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
@@ -234,9 +216,12 @@ impl Db {
         db.indexed = count_named("index", &[&index_name(db.mask)])
             .map_err(|e| db.error("read the schema of", e))?
             == 1;
-        db.own_tables = count_named("table", &["frameflush_failures", "frameflush_runs"])
+        db.own_tables = count_named("table", &OWN_TABLE_NAMES)
             .map_err(|e| db.error("read the schema of", e))?
-            == 2;
+            == OWN_TABLE_NAMES.len();
+        db.state_table = count_named("table", &[STATE_TABLE])
+            .map_err(|e| db.error("read the schema of", e))?
+            == 1;
         Ok(db)
     }
 
@@ -284,30 +269,6 @@ impl Db {
         Ok(())
     }
 
-    /// Adds what frameflush needs in the database when missing: this mask's
-    /// partial index (once, one pass over the table) and frameflush's own
-    /// tables. Nothing is written when all is there.
-    pub fn ensure_schema(&mut self) -> Result<()> {
-        if self.indexed && self.own_tables {
-            return Ok(());
-        }
-        let sql = format!(
-            "BEGIN IMMEDIATE;
-             CREATE INDEX IF NOT EXISTS {index} ON sensorParser(id) WHERE (sync & {mask}) = 0;
-             {OWN_TABLES}
-             COMMIT;",
-            index = index_name(self.mask),
-            mask = self.mask
-        );
-        if let Err(e) = self.conn.execute_batch(&sql) {
-            let _ = self.conn.execute_batch("ROLLBACK");
-            return Err(self.error("add frameflush's index and tables to", e));
-        }
-        self.indexed = true;
-        self.own_tables = true;
-        Ok(())
-    }
-
     /// `FROM … WHERE …` of the rows still to send for this mask: the bit is
     /// clear and the row is not quarantined.
     fn pending(&self) -> String {
@@ -328,10 +289,72 @@ impl Db {
         format!("FROM sensorParser {indexed_by} WHERE (sync & {mask}) = 0{quarantine}")
     }
 
+    /// Runs `work` in one IMMEDIATE transaction: a concurrent writer waits
+    /// for it (and it for them, up to the busy timeout) instead of failing.
+    fn write<T>(
+        &mut self,
+        what: &str,
+        work: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
+        let (path, busy) = (&self.path, self.busy_secs);
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| db_error(path, what, e, busy))?;
+        let out = work(&tx).map_err(|e| db_error(path, what, e, busy))?;
+        tx.commit().map_err(|e| db_error(path, what, e, busy))?;
+        Ok(out)
+    }
+
+    fn count(&self, sql: &str) -> Result<u64> {
+        self.conn
+            .query_row(sql, [], |r| r.get::<_, i64>(0))
+            .map(|n| n as u64)
+            .map_err(|e| self.error("read", e))
+    }
+}
+
+impl Source for Sqlite {
+    fn sync_mask(&self) -> i64 {
+        self.mask
+    }
+
+    fn lock_run(&mut self) -> Result<()> {
+        if self.lock.is_none() {
+            self.lock = Some(RunLock::acquire(&self.lock_path)?);
+        }
+        Ok(())
+    }
+
+    /// Adds what frameflush needs in the database when missing: this mask's
+    /// partial index (once, one pass over the table) and frameflush's own
+    /// tables. Nothing is written when all is there.
+    fn ensure_schema(&mut self) -> Result<()> {
+        if self.indexed && self.own_tables && self.state_table {
+            return Ok(());
+        }
+        let sql = format!(
+            "BEGIN IMMEDIATE;
+             CREATE INDEX IF NOT EXISTS {index} ON sensorParser(id) WHERE (sync & {mask}) = 0;
+             {OWN_TABLES}
+             COMMIT;",
+            index = index_name(self.mask),
+            mask = self.mask
+        );
+        if let Err(e) = self.conn.execute_batch(&sql) {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(self.error("add frameflush's index and tables to", e));
+        }
+        self.indexed = true;
+        self.own_tables = true;
+        self.state_table = true;
+        Ok(())
+    }
+
     /// Up to `limit` rows still to send with `id > after`, oldest first. The
     /// statement is finished before this returns: nothing stays open while
     /// the rows are published.
-    pub fn select_unsent(&self, after: i64, limit: usize) -> Result<Vec<Row>> {
+    fn select_unsent(&self, after: i64, limit: usize) -> Result<Vec<Row>> {
         let sql = format!(
             "SELECT {SELECT_COLUMNS} {} AND id > ?1 ORDER BY id LIMIT ?2",
             self.pending()
@@ -365,29 +388,12 @@ impl Db {
         Ok(out)
     }
 
-    /// Runs `work` in one IMMEDIATE transaction: a concurrent writer waits
-    /// for it (and it for them, up to the busy timeout) instead of failing.
-    fn write<T>(
-        &mut self,
-        what: &str,
-        work: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
-    ) -> Result<T> {
-        let (path, busy) = (&self.path, self.busy_secs);
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| db_error(path, what, e, busy))?;
-        let out = work(&tx).map_err(|e| db_error(path, what, e, busy))?;
-        tx.commit().map_err(|e| db_error(path, what, e, busy))?;
-        Ok(out)
-    }
-
     /// Sets this mask's bit on the given rows in one IMMEDIATE transaction.
     /// Returns how many rows were updated (a row deleted meanwhile is not).
     /// Runs of consecutive ids (the usual case: acks come in order) go in
     /// one `BETWEEN` statement each; a range holds exactly the ids of its
     /// run, so no other row is touched.
-    pub fn mark(&mut self, ids: &[i64]) -> Result<usize> {
+    fn mark(&mut self, ids: &[i64]) -> Result<usize> {
         if ids.is_empty() {
             return Ok(0);
         }
@@ -413,7 +419,7 @@ impl Db {
 
     /// Counts one more failed attempt for each row; a row that reaches
     /// `max_attempts` is quarantined. Returns how many rows this quarantined.
-    pub fn record_failures(&mut self, failed: &[(i64, String)], max_attempts: u32) -> Result<u64> {
+    fn record_failures(&mut self, failed: &[(i64, String)], max_attempts: u32) -> Result<u64> {
         if failed.is_empty() {
             return Ok(0);
         }
@@ -445,7 +451,7 @@ impl Db {
     }
 
     /// The failure records of this mask, oldest row first.
-    pub fn failures(&self) -> Result<Vec<Failure>> {
+    fn failures(&self) -> Result<Vec<Failure>> {
         if !self.own_tables {
             return Ok(Vec::new());
         }
@@ -473,7 +479,7 @@ impl Db {
     /// Forgets the failures of the given rows (all of this mask's with
     /// `None`): quarantined rows go back into the queue with a clean count.
     /// Returns how many records were removed.
-    pub fn requeue(&mut self, ids: Option<&[i64]>) -> Result<usize> {
+    fn requeue(&mut self, ids: Option<&[i64]>) -> Result<usize> {
         if !self.own_tables {
             return Ok(0);
         }
@@ -499,7 +505,7 @@ impl Db {
     /// Records that a run with something to send started. It is also the
     /// proof, before anything is published, that the database takes writes
     /// (journal, directory, disk space).
-    pub fn begin_run(&mut self) -> Result<()> {
+    fn begin_run(&mut self) -> Result<()> {
         let mask = self.mask;
         self.write("write to", |tx| {
             tx.execute(
@@ -514,7 +520,7 @@ impl Db {
 
     /// Records the outcome of the run `begin_run` started, and forgets the
     /// failures of rows that were delivered or deleted since.
-    pub fn end_run(&mut self, exit: Exit, marked: u64) -> Result<()> {
+    fn end_run(&mut self, exit: Exit, marked: u64) -> Result<()> {
         let mask = self.mask;
         self.write("write to", |tx| {
             tx.execute(
@@ -531,21 +537,14 @@ impl Db {
         .map(|_| ())
     }
 
-    fn count(&self, sql: &str) -> Result<u64> {
-        self.conn
-            .query_row(sql, [], |r| r.get::<_, i64>(0))
-            .map(|n| n as u64)
-            .map_err(|e| self.error("read", e))
-    }
-
     /// Rows still to send for this mask now (quarantined rows not counted).
-    pub fn backlog(&self) -> Result<u64> {
+    fn backlog(&self) -> Result<u64> {
         self.count(&format!("SELECT count(*) {}", self.pending()))
     }
 
     /// Points this handle at another destination bit (for `status` over
     /// several masks).
-    pub fn for_mask(&mut self, mask: i64) -> Result<()> {
+    fn for_mask(&mut self, mask: i64) -> Result<()> {
         self.mask = mask;
         self.indexed = self
             .conn
@@ -561,7 +560,7 @@ impl Db {
 
     /// The destination bits this database has seen: those with frameflush's
     /// index, a recorded run or recorded failures.
-    pub fn known_masks(&self) -> Result<Vec<i64>> {
+    fn known_masks(&self) -> Result<Vec<i64>> {
         let mut masks = std::collections::BTreeSet::new();
         let mut st = self
             .conn
@@ -591,13 +590,13 @@ impl Db {
     }
 
     /// Rows in the table.
-    pub fn total(&self) -> Result<u64> {
+    fn total(&self) -> Result<u64> {
         self.count("SELECT count(*) FROM sensorParser")
     }
 
     /// The oldest timestamp among the rows still to send, and its age in
     /// seconds (when it parses as a date).
-    pub fn oldest_unsent(&self) -> Result<(Option<String>, Option<i64>)> {
+    fn oldest_unsent(&self) -> Result<(Option<String>, Option<i64>)> {
         self.conn
             .query_row(
                 &format!(
@@ -621,7 +620,7 @@ impl Db {
     }
 
     /// Rows of this mask quarantined, and failing but to be retried.
-    pub fn failure_counts(&self) -> Result<(u64, u64)> {
+    fn failure_counts(&self) -> Result<(u64, u64)> {
         if !self.own_tables {
             return Ok((0, 0));
         }
@@ -636,46 +635,32 @@ impl Db {
         Ok((self.count(&q)?, self.count(&f)?))
     }
 
-    /// What `status` says of this destination.
-    pub fn destination(&self) -> Result<Destination> {
-        let unsent = self.backlog()?;
-        let (oldest_unsent, oldest_unsent_age_s) = self.oldest_unsent()?;
-        let (quarantined, failing) = self.failure_counts()?;
-        let last_run = if self.own_tables {
-            self.conn
-                .query_row(
-                    "SELECT started_at, finished_at, exit_code, rows_marked FROM frameflush_runs WHERE sync_mask = ?1",
-                    [self.mask],
-                    |r| {
-                        Ok(LastRun {
-                            started_at: r.get(0)?,
-                            finished_at: r.get(1)?,
-                            exit_code: r.get(2)?,
-                            rows_marked: r.get(3)?,
-                        })
-                    },
-                )
-                .optional()
-                .map_err(|e| self.error("read", e))?
-        } else {
-            None
-        };
-        Ok(Destination {
-            sync_mask: self.mask,
-            unsent,
-            oldest_unsent,
-            oldest_unsent_age_s,
-            quarantined,
-            failing,
-            last_run,
-        })
+    fn last_run(&self) -> Result<Option<LastRun>> {
+        if !self.own_tables {
+            return Ok(None);
+        }
+        self.conn
+            .query_row(
+                "SELECT started_at, finished_at, exit_code, rows_marked FROM frameflush_runs WHERE sync_mask = ?1",
+                [self.mask],
+                |r| {
+                    Ok(LastRun {
+                        started_at: r.get(0)?,
+                        finished_at: r.get(1)?,
+                        exit_code: r.get(2)?,
+                        rows_marked: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(|e| self.error("read", e))
     }
 
     /// Deletes, in one short IMMEDIATE transaction, up to `limit` rows with
     /// `id > after` whose `require` bits are all set and whose timestamp is
     /// before `before` (any time when `None`), oldest id first. Returns how
     /// many were deleted and the last id looked at (`None`: no more rows).
-    pub fn purge_batch(
+    fn purge_batch(
         &mut self,
         require: i64,
         before: Option<&str>,
@@ -709,7 +694,7 @@ impl Db {
 
     /// Rows in the table, and rows with any of the `require` bits unset
     /// (not yet sent to every destination).
-    pub fn row_counts(&self, require: i64) -> Result<(u64, u64)> {
+    fn row_counts(&self, require: i64) -> Result<(u64, u64)> {
         let total = self.count("SELECT count(*) FROM sensorParser")?;
         let unsent = self.count(&format!(
             "SELECT count(*) FROM sensorParser WHERE (sync & {require}) != {require}"
@@ -718,7 +703,7 @@ impl Db {
     }
 
     /// The timestamp `seconds` ago, in the table's text form (UTC).
-    pub fn cutoff(&self, seconds: u64) -> Result<String> {
+    fn cutoff(&self, seconds: u64) -> Result<String> {
         self.conn
             .query_row(
                 "SELECT datetime('now', ?1)",
@@ -732,8 +717,8 @@ impl Db {
     /// short steps when the database allows it, a full VACUUM only when
     /// asked (it locks out the producer while it runs), and a WAL
     /// checkpoint that truncates the log. Returns the pages freed.
-    pub fn reclaim(&mut self, full_vacuum: bool) -> Result<u64> {
-        let pages = |db: &Db| -> Result<i64> {
+    fn reclaim(&mut self, full_vacuum: bool) -> Result<u64> {
+        let pages = |db: &Sqlite| -> Result<i64> {
             db.conn
                 .query_row("PRAGMA page_count", [], |r| r.get(0))
                 .map_err(|e| db.error("read", e))
@@ -774,8 +759,34 @@ impl Db {
         Ok(before.saturating_sub(pages(self)?) as u64)
     }
 
+    fn state(&self, key: &str) -> Result<Option<String>> {
+        if !self.state_table {
+            return Ok(None);
+        }
+        self.conn
+            .query_row(
+                "SELECT value FROM frameflush_state WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.error("read", e))
+    }
+
+    fn set_state(&mut self, key: &str, value: &str) -> Result<()> {
+        self.ensure_schema()?;
+        self.write("write to", |tx| {
+            tx.execute(
+                "INSERT INTO frameflush_state (key, value, updated_at) VALUES (?1, ?2, datetime('now'))
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                [key, value],
+            )
+        })
+        .map(|_| ())
+    }
+
     /// The query plan of the unsent-row selection, for tests and `-d`.
-    pub fn selection_plan(&self) -> Result<String> {
+    fn selection_plan(&self) -> Result<String> {
         let sql = format!(
             "EXPLAIN QUERY PLAN SELECT {SELECT_COLUMNS} {} AND id > 0 ORDER BY id LIMIT 10",
             self.pending()
@@ -865,7 +876,7 @@ mod tests {
     #[test]
     fn the_selection_of_unsent_rows_uses_the_partial_index_not_a_table_scan() {
         let d = tempdir("plan");
-        let db = Db::init(&target(&d, 64)).unwrap();
+        let db = Sqlite::init(&target(&d, 64)).unwrap();
         let plan = db.selection_plan().unwrap();
         assert!(plan.contains("USING INDEX frameflush_unsent_64"), "{plan}");
         assert!(!plan.contains("SCAN"), "{plan}");
@@ -875,7 +886,7 @@ mod tests {
     #[test]
     fn marking_sets_only_this_masks_bit_and_leaves_the_others() {
         let d = tempdir("mark");
-        let mut db = Db::init(&target(&d, 64)).unwrap();
+        let mut db = Sqlite::init(&target(&d, 64)).unwrap();
         db.conn
             .execute_batch(
                 "INSERT INTO sensorParser (id_wasp, sensor, value, sync) VALUES ('n', 'TC', '1', 0), ('n', 'TC', '2', 5), ('n', 'TC', '3', 64)",
@@ -894,6 +905,54 @@ mod tests {
             .unwrap();
         assert_eq!(syncs, vec![64, 69, 64]);
         assert!(db.select_unsent(0, 10).unwrap().is_empty());
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn own_state_is_kept_by_key_and_overwritten() {
+        let d = tempdir("state");
+        let t = target(&d, 64);
+        let mut db = Sqlite::init(&t).unwrap();
+        assert_eq!(db.state("hwm:64").unwrap(), None);
+        db.set_state("hwm:64", "10").unwrap();
+        db.set_state("mqtt:localhost:1883", "5").unwrap();
+        db.set_state("hwm:64", "42").unwrap();
+        drop(db);
+        let db = Sqlite::open(&t, Mode::ReadOnly).unwrap();
+        assert_eq!(db.state("hwm:64").unwrap().as_deref(), Some("42"));
+        assert_eq!(
+            db.state("mqtt:localhost:1883").unwrap().as_deref(),
+            Some("5")
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_database_from_before_the_state_table_gets_it_on_the_first_write() {
+        let d = tempdir("state-old");
+        let t = target(&d, 64);
+        let conn = Connection::open(&t.db).unwrap();
+        conn.execute_batch(CREATE_TABLE).unwrap();
+        drop(conn);
+        // A database of the release before: failures and runs, no state.
+        let conn = Connection::open(&t.db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE frameflush_failures (sync_mask INTEGER NOT NULL, row_id INTEGER NOT NULL,
+               attempts INTEGER NOT NULL, last_error TEXT NOT NULL, first_failed_at TEXT NOT NULL,
+               last_attempt_at TEXT NOT NULL, quarantined_at TEXT, PRIMARY KEY (sync_mask, row_id)) WITHOUT ROWID;
+             CREATE TABLE frameflush_runs (sync_mask INTEGER PRIMARY KEY, started_at TEXT NOT NULL,
+               finished_at TEXT, exit_code INTEGER, rows_marked INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO frameflush_failures VALUES (64, 7, 3, 'bad', '2024-01-01 00:00:00', '2024-01-01 00:00:00', '2024-01-01 00:00:00');",
+        )
+        .unwrap();
+        drop(conn);
+        let ro = Sqlite::open(&t, Mode::ReadOnly).unwrap();
+        assert_eq!(ro.state("k").unwrap(), None);
+        assert_eq!(ro.failures().unwrap().len(), 1, "failures stay visible");
+        drop(ro);
+        let mut db = Sqlite::open(&t, Mode::ReadWrite).unwrap();
+        db.set_state("k", "v").unwrap();
+        assert_eq!(db.state("k").unwrap().as_deref(), Some("v"));
         let _ = std::fs::remove_dir_all(&d);
     }
 }

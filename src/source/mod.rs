@@ -1,0 +1,211 @@
+//! The source of readings: the database that holds `sensorParser`, behind
+//! one interface, [`Source`], that `run`, `admin` and `retention` use
+//! without knowing which database is underneath.
+//!
+//! A source selects the rows still to send for one destination bit (after
+//! an id, oldest first), marks acknowledged rows, records rows that could
+//! not become a message (and quarantines them), remembers runs, keeps
+//! frameflush's own small key/value state, answers `status` and `purge`,
+//! and owns the run lock: one run per database and destination bit, taken
+//! the way that database allows (a lock file beside an SQLite file; the
+//! server's `GET_LOCK` for MySQL).
+//!
+//! The seam is a trait object (`Box<dyn Source>`), made in one place,
+//! [`open`] / [`init`]. The alternative, an enum with one variant per
+//! database, would put a `match` (with a `cfg` on the MySQL arm) in every
+//! one of the twenty-odd operations; with the trait, a backend behind a
+//! cargo feature is one `cfg` line here, and the callers cannot reach past
+//! the interface. The dynamic call costs nothing measurable: it happens once
+//! per chunk of rows, not once per row.
+
+pub mod sqlite;
+
+use serde::Serialize;
+
+use crate::config::Target;
+use crate::error::{Exit, Result};
+use crate::row::Row;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// flush: reads and marks; the database must take writes.
+    ReadWrite,
+    /// status, dry runs: reads only, creates nothing.
+    ReadOnly,
+}
+
+/// What `status` reports of one destination (sync bit).
+#[derive(Debug, Serialize)]
+pub struct Destination {
+    pub sync_mask: i64,
+    /// Rows still to send (bit clear, not quarantined).
+    pub unsent: u64,
+    pub oldest_unsent: Option<String>,
+    /// Seconds since `oldest_unsent`, when it is a date.
+    pub oldest_unsent_age_s: Option<i64>,
+    /// Rows that failed `--max-attempts` times and are skipped.
+    pub quarantined: u64,
+    /// Rows that failed but will be tried again.
+    pub failing: u64,
+    pub last_run: Option<LastRun>,
+}
+
+/// One row that could not become a message.
+#[derive(Debug, Serialize)]
+pub struct Failure {
+    pub row_id: i64,
+    pub attempts: i64,
+    pub last_error: String,
+    pub first_failed_at: String,
+    pub last_attempt_at: String,
+    pub quarantined_at: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LastRun {
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub exit_code: Option<i64>,
+    pub rows_marked: i64,
+}
+
+/// One database holding `sensorParser`, opened for one destination bit at
+/// a time. Errors are already one line for the operator, with their exit
+/// status (see [`crate::error`]).
+pub trait Source {
+    /// The destination bit this handle works on.
+    fn sync_mask(&self) -> i64;
+
+    /// Takes the run lock of this database and destination bit, or fails
+    /// at once (75 when another run holds it). Held until the source is
+    /// dropped, and released however the process ends.
+    fn lock_run(&mut self) -> Result<()>;
+
+    /// Adds what frameflush needs in the database when missing (its own
+    /// tables, an index where the database allows one). Writes nothing
+    /// when all is there.
+    fn ensure_schema(&mut self) -> Result<()>;
+
+    /// Up to `limit` rows still to send with `id > after`, in id order.
+    /// Nothing stays open while the rows are published.
+    fn select_unsent(&self, after: i64, limit: usize) -> Result<Vec<Row>>;
+
+    /// Sets this destination's bit on the given rows, touching no other bit
+    /// and no other row. Returns how many rows were updated (a row deleted
+    /// meanwhile is not).
+    fn mark(&mut self, ids: &[i64]) -> Result<usize>;
+
+    /// Counts one more failed attempt for each row; a row that reaches
+    /// `max_attempts` is quarantined. Returns how many rows this quarantined.
+    fn record_failures(&mut self, failed: &[(i64, String)], max_attempts: u32) -> Result<u64>;
+
+    /// The failure records of this destination, oldest row first.
+    fn failures(&self) -> Result<Vec<Failure>>;
+
+    /// Forgets the failures of the given rows (all of this destination's
+    /// with `None`). Returns how many records were removed.
+    fn requeue(&mut self, ids: Option<&[i64]>) -> Result<usize>;
+
+    /// Records that a run with something to send started: also the proof,
+    /// before anything is published, that the database takes writes.
+    fn begin_run(&mut self) -> Result<()>;
+
+    /// Records the outcome of the run `begin_run` started, and forgets the
+    /// failures of rows that were delivered or deleted since.
+    fn end_run(&mut self, exit: Exit, marked: u64) -> Result<()>;
+
+    /// The last run recorded for this destination.
+    fn last_run(&self) -> Result<Option<LastRun>>;
+
+    /// Rows still to send for this destination now (quarantined rows not
+    /// counted).
+    fn backlog(&self) -> Result<u64>;
+
+    /// Points this handle at another destination bit (`status` over
+    /// several).
+    fn for_mask(&mut self, mask: i64) -> Result<()>;
+
+    /// The destination bits this database has seen.
+    fn known_masks(&self) -> Result<Vec<i64>>;
+
+    /// Rows in the table.
+    fn total(&self) -> Result<u64>;
+
+    /// The oldest timestamp among the rows still to send, and its age in
+    /// seconds (when it reads as a date).
+    fn oldest_unsent(&self) -> Result<(Option<String>, Option<i64>)>;
+
+    /// Rows of this destination quarantined, and failing but to be retried.
+    fn failure_counts(&self) -> Result<(u64, u64)>;
+
+    /// Deletes up to `limit` rows with `id > after` whose `require` bits are
+    /// all set and whose timestamp is before `before` (any time when
+    /// `None`), oldest id first, in one short statement or transaction.
+    /// Returns how many were deleted and the last id looked at (`None`: no
+    /// more rows).
+    fn purge_batch(
+        &mut self,
+        require: i64,
+        before: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<(usize, Option<i64>)>;
+
+    /// Rows in the table, and rows with any of the `require` bits unset.
+    fn row_counts(&self, require: i64) -> Result<(u64, u64)>;
+
+    /// The timestamp `seconds` ago, in the table's text form
+    /// (`YYYY-MM-DD HH:MM:SS`), by the database's clock.
+    fn cutoff(&self, seconds: u64) -> Result<String>;
+
+    /// Gives space freed by `purge` back to the file system where the
+    /// database can (`full_vacuum`: also when that locks out the producer
+    /// for a while). Returns the pages freed.
+    fn reclaim(&mut self, full_vacuum: bool) -> Result<u64>;
+
+    /// The query plan of the unsent-row selection, for tests and `-d`.
+    fn selection_plan(&self) -> Result<String>;
+
+    // Used by the MQTT session (the protocol a broker accepted) and the
+    // MySQL high-water mark, both on their way.
+    #[allow(dead_code)]
+    /// A value of frameflush's own state (the high-water mark, the MQTT
+    /// protocol a broker accepted, …), `None` when never set. Keys are
+    /// chosen by the caller; one that depends on the destination names it.
+    fn state(&self, key: &str) -> Result<Option<String>>;
+
+    #[allow(dead_code)]
+    /// Sets a value of frameflush's own state, creating its table when
+    /// missing.
+    fn set_state(&mut self, key: &str, value: &str) -> Result<()>;
+
+    /// What `status` says of this destination.
+    fn destination(&self) -> Result<Destination> {
+        let unsent = self.backlog()?;
+        let (oldest_unsent, oldest_unsent_age_s) = self.oldest_unsent()?;
+        let (quarantined, failing) = self.failure_counts()?;
+        Ok(Destination {
+            sync_mask: self.sync_mask(),
+            unsent,
+            oldest_unsent,
+            oldest_unsent_age_s,
+            quarantined,
+            failing,
+            last_run: self.last_run()?,
+        })
+    }
+}
+
+/// Opens the database the target names and checks its table: a missing
+/// database or table is 66, one that cannot be used (or, in ReadWrite,
+/// written) is 74.
+pub fn open(target: &Target, mode: Mode) -> Result<Box<dyn Source>> {
+    Ok(Box::new(sqlite::Sqlite::open(target, mode)?))
+}
+
+/// `frameflush init`: creates the database where the source allows it, the
+/// table when missing (never altering an existing one) and frameflush's own
+/// tables.
+pub fn init(target: &Target) -> Result<Box<dyn Source>> {
+    Ok(Box::new(sqlite::Sqlite::init(target)?))
+}
