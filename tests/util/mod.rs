@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+pub mod fake_mqtt;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_frameflush");
 
 /// Meshlium's table, as the producer (not frameflush) creates it.
