@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::cli::FlushArgs;
 use crate::error::{Error, Exit, Result};
+use crate::session::Wanted;
 use crate::sys::{hostname, io_reason};
 use crate::template::{PayloadFormat, Template};
 use crate::tls::{Tls, TlsOptions, secret_file_warning};
@@ -55,6 +56,8 @@ pub struct Config {
     pub max_payload: usize,
     /// Runs a row may fail before it is quarantined.
     pub max_attempts: u32,
+    /// `-V`: MQTT 5, 3.1.1, or 5 falling back to 3.1.1.
+    pub protocol: Wanted,
     /// Where to write Prometheus metrics at the end of the run.
     pub metrics_file: Option<PathBuf>,
     pub dry_run: bool,
@@ -152,6 +155,7 @@ struct FileSettings {
     max_payload: Option<u32>,
     busy_timeout: Option<f64>,
     max_attempts: Option<u32>,
+    protocol_version: Option<String>,
     metrics_file: Option<String>,
     dry_run: Option<bool>,
     json: Option<bool>,
@@ -717,6 +721,15 @@ impl Config {
             }
             Some(m) => m.v,
         };
+        let protocol = match pick(
+            "protocol-version",
+            args.protocol_version.clone(),
+            file.protocol_version.clone(),
+        ) {
+            None => Wanted::Auto,
+            Some(p) => Wanted::parse(&p.v)
+                .ok_or_else(|| p.bad("must be 5, 311 (or mqttv5, mqttv311) or auto"))?,
+        };
         let metrics_file = match pick(
             "metrics-file",
             args.metrics_file.clone(),
@@ -749,6 +762,7 @@ impl Config {
             ack_timeout,
             max_payload,
             max_attempts,
+            protocol,
             metrics_file,
             dry_run: flag(args.dry_run, file.dry_run),
             json: flag(args.json, file.json),

@@ -9,16 +9,18 @@
 //! `error` holds the one error type and the exit statuses.
 
 mod admin;
+mod batch;
 mod cli;
 mod config;
+mod drain;
 mod error;
 mod lock;
 mod meshlium;
 mod metrics;
-mod publish;
 mod retention;
 mod row;
 mod run;
+mod session;
 mod source;
 mod summary;
 mod sys;

@@ -13,7 +13,13 @@ pub struct Summary {
     pub published: u64,
     pub acknowledged: u64,
     pub marked: u64,
+    /// Rows that could not become a message, or whose message could not be
+    /// sent (over the broker's Maximum Packet Size, or suspected of killing
+    /// the connection and charged).
     pub failed: u64,
+    /// Rows of messages the broker refused (MQTT 5 PUBACK reason code of
+    /// 0x80 or more, or a DISCONNECT naming the message): unsent, recorded.
+    pub refused: u64,
     /// Rows this run quarantined (they reached `--max-attempts`).
     pub quarantined: u64,
     /// Selected by this run and still unsent at its end.
@@ -26,14 +32,32 @@ pub struct Summary {
     pub exit_code: u8,
     pub error: Option<String>,
     pub dry_run: bool,
+    /// The MQTT version the run spoke: "5" or "311"; none when it did not
+    /// connect.
+    pub protocol: Option<&'static str>,
+    /// The exit status the refusals call for: 77 when one was about
+    /// permission, else 65.
+    #[serde(skip)]
+    pub refusal_exit: Option<Exit>,
 }
 
-/// An error's status wins; otherwise rows that could not be made into
-/// messages give 65.
+impl Summary {
+    /// Counts a refusal's exit status: permission (77) outranks the rest.
+    pub fn refusal(&mut self, exit: Exit) {
+        if self.refusal_exit != Some(Exit::NoPerm) {
+            self.refusal_exit = Some(exit);
+        }
+    }
+}
+
+/// The run's exit status: an error that ended the run wins; then a refusal
+/// by the broker (77 when about permission, 65 for the message itself);
+/// then rows that could not be sent (65).
 pub fn exit_status(summary: &Summary, error: Option<&Error>) -> Exit {
-    match error {
-        Some(e) => e.exit,
-        None if summary.failed > 0 => Exit::DataErr,
-        None => Exit::Ok,
+    match (error, summary.refusal_exit) {
+        (Some(e), _) => e.exit,
+        (None, Some(exit)) => exit,
+        (None, None) if summary.failed > 0 || summary.refused > 0 => Exit::DataErr,
+        (None, None) => Exit::Ok,
     }
 }
