@@ -26,7 +26,18 @@ pub fn init(args: &InitArgs) -> Result<Exit> {
 #[derive(Debug, Serialize)]
 struct Status {
     total: u64,
-    destinations: Vec<Destination>,
+    destinations: Vec<DestinationStatus>,
+}
+
+/// A destination as `status` shows it: the source's figures and the MQTT
+/// version its last connection spoke.
+#[derive(Debug, Serialize)]
+struct DestinationStatus {
+    #[serde(flatten)]
+    figures: Destination,
+    /// "5" or "311", and the broker, from the last run that connected.
+    protocol: Option<String>,
+    broker: Option<String>,
 }
 
 /// "3d 4h", "12m 5s": an age for people.
@@ -67,7 +78,16 @@ pub fn status(args: &StatusArgs) -> Result<Exit> {
     let mut destinations = Vec::new();
     for mask in masks {
         db.for_mask(mask)?;
-        destinations.push(db.destination()?);
+        let last = db.state(&crate::drain::last_protocol_key(mask))?;
+        let (protocol, broker) = match last.as_deref().and_then(|l| l.split_once(' ')) {
+            Some((p, b)) => (Some(p.to_string()), Some(b.to_string())),
+            None => (None, None),
+        };
+        destinations.push(DestinationStatus {
+            figures: db.destination()?,
+            protocol,
+            broker,
+        });
     }
     let status = Status {
         total: db.total()?,
@@ -78,7 +98,13 @@ pub fn status(args: &StatusArgs) -> Result<Exit> {
         return Ok(Exit::Ok);
     }
     let mut text = format!("total rows:    {}", status.total);
-    for d in &status.destinations {
+    for dest in &status.destinations {
+        let d = &dest.figures;
+        let protocol = match (dest.protocol.as_deref(), &dest.broker) {
+            (Some("5"), Some(b)) => format!("MQTT 5 (to {b})"),
+            (Some(_), Some(b)) => format!("MQTT 3.1.1 (to {b})"),
+            _ => "- (no connection yet)".to_string(),
+        };
         let oldest = match (&d.oldest_unsent, d.oldest_unsent_age_s) {
             (None, _) => "-".to_string(),
             (Some(t), Some(a)) => format!("{t} ({} ago)", age(a)),
@@ -98,7 +124,7 @@ pub fn status(args: &StatusArgs) -> Result<Exit> {
             },
         };
         text.push_str(&format!(
-            "\nsync mask {}:\n  unsent:        {}\n  oldest unsent: {oldest}\n  quarantined:   {} (failing, to be retried: {})\n  last run:      {last_run}",
+            "\nsync mask {}:\n  unsent:        {}\n  oldest unsent: {oldest}\n  quarantined:   {} (failing, to be retried: {})\n  last run:      {last_run}\n  protocol:      {protocol}",
             d.sync_mask, d.unsent, d.quarantined, d.failing
         ));
     }

@@ -181,14 +181,14 @@ pub fn render(
 }
 
 /// Renders a chunk and records its failures (quarantining rows that reached
-/// `--max-attempts`).
+/// `--max-attempts`). Returns the ids of the rows that failed.
 pub fn render_and_record(
     cfg: &Config,
     db: &mut dyn Source,
     rows: Vec<Row>,
     summary: &mut Summary,
     out: &mut VecDeque<Message>,
-) -> Result<()> {
+) -> Result<Vec<i64>> {
     let failed = render(cfg, rows, summary, out);
     let quarantined = db.record_failures(&failed, cfg.max_attempts)?;
     if quarantined > 0 && !cfg.log.quiet {
@@ -198,7 +198,7 @@ pub fn render_and_record(
         );
     }
     summary.quarantined += quarantined;
-    Ok(())
+    Ok(failed.into_iter().map(|(id, _)| id).collect())
 }
 
 pub fn chunk_log(log: Log, summary: &Summary, rows: usize) {

@@ -150,11 +150,40 @@ pub struct Drain<'a> {
     /// flight still gets --ack-timeout to be acknowledged and marked, and
     /// when it came.
     stopped: Option<(Error, Instant)>,
-    /// Rows not to publish again in this run (suspects tried alone).
+    /// Rows not to publish again in this run: suspects tried alone, rows
+    /// refused, charged, or that could not become a message.
     skip: HashSet<i64>,
     suspects: Vec<i64>,
     suspects_changed: bool,
+    /// The largest id published so far (first sends count as published,
+    /// later ones as resent).
+    published_high: i64,
+    /// The largest id selected so far: rows selected again after a
+    /// reconnect are not counted twice.
+    high_water: i64,
+    /// After a lost connection, this many messages go out one at a time
+    /// (each waits for its PUBACK before the next), so that no PUBACK is
+    /// lost with the connection and the one the broker chokes on is known.
+    probation: usize,
+    /// Messages sent alone that lost the connection (or got no PUBACK)
+    /// since the last PUBACK: at [`MAX_STRIKES`] the broker or the link, not
+    /// a message, is at fault, and the run ends.
+    strikes: u32,
+    reconnects: u32,
+    /// Messages that lost the connection while alone in flight: charged
+    /// once a later message gets a PUBACK (the broker works, so it was this
+    /// message); else, at the end, kept as suspects.
+    pending_charges: Vec<(Rows, String)>,
+    /// The loss the last pending charge came from: the run's error if
+    /// nothing proves the message guilty before the run ends.
+    unproven: Option<Error>,
 }
+
+/// Messages alone in a row that lose the connection, with no PUBACK in
+/// between, that end a run.
+const MAX_STRIKES: u32 = 2;
+/// New connections a run makes at most after losing one.
+const MAX_RECONNECTS: u32 = 5000;
 
 impl<'a> Drain<'a> {
     pub fn new(
@@ -187,12 +216,21 @@ impl<'a> Drain<'a> {
             skip: HashSet::new(),
             suspects,
             suspects_changed: false,
+            high_water: 0,
+            published_high: 0,
+            probation: 0,
+            strikes: 0,
+            reconnects: 0,
+            pending_charges: Vec::new(),
+            unproven: None,
         })
     }
 
     /// Publishes `first` and whatever follows it, until drained, the
     /// deadline, or the first connection error.
     pub fn run(mut self, first: Chunk) -> Result<()> {
+        // The caller counted the first chunk.
+        self.high_water = first.rows.last().map_or(0, |r| r.id);
         self.take(first)?;
         if self.queue.is_empty() && !self.more {
             return self.finish(Ok(()), None);
@@ -212,14 +250,21 @@ impl<'a> Drain<'a> {
         self.finish(result, Some(session))
     }
 
-    /// Adds a chunk the source gave to the queue.
+    /// Adds a chunk the source gave to the queue, but for rows this run
+    /// is done with.
     fn take(&mut self, chunk: Chunk) -> Result<()> {
         self.more = chunk.more;
-        if let Some(last) = chunk.rows.last() {
+        let mut rows = chunk.rows;
+        if let Some(last) = rows.last() {
             self.after = last.id;
         }
-        chunk_log(self.cfg.log, self.summary, chunk.rows.len());
-        render_and_record(self.cfg, self.db, chunk.rows, self.summary, &mut self.queue)
+        if !self.skip.is_empty() {
+            rows.retain(|r| !self.skip.contains(&r.id));
+        }
+        chunk_log(self.cfg.log, self.summary, rows.len());
+        let failed = render_and_record(self.cfg, self.db, rows, self.summary, &mut self.queue)?;
+        self.skip.extend(failed);
+        Ok(())
     }
 
     /// Connects, with the protocol remembered for this broker, and
@@ -253,7 +298,8 @@ impl<'a> Drain<'a> {
         Ok(session)
     }
 
-    /// Sends each suspect alone, before the window opens.
+    /// Sends each suspect alone, the first message on its connection,
+    /// before the window opens.
     fn isolate(&mut self, mut session: Session) -> Result<Session> {
         let suspects: Vec<i64> = self.suspects.iter().copied().take(MAX_SUSPECTS).collect();
         for id in suspects {
@@ -264,6 +310,10 @@ impl<'a> Drain<'a> {
                 self.forgive(id);
                 continue;
             };
+            if session.published() > 0 {
+                session.goodbye(DISCONNECT_WAIT);
+                session = self.connect()?;
+            }
             self.skip.extend(m.rows.ids());
             if self.cfg.log.verbose {
                 eprintln!(
@@ -290,24 +340,28 @@ impl<'a> Drain<'a> {
                     self.fail_rows(&m.rows, why)?;
                 }
                 Alone::Charged { rows, why, error } => {
-                    if !self.cfg.log.quiet {
-                        eprintln!("frameflush: {} not sent: {why}", rows.label());
-                    }
+                    // A suspect already: it made a connection fail before,
+                    // and now again, alone.
                     let failed: Vec<(i64, String)> =
                         rows.ids().iter().map(|&i| (i, why.clone())).collect();
-                    let quarantined = self.db.record_failures(&failed, self.cfg.max_attempts)?;
                     self.summary.failed += failed.len() as u64;
+                    if !self.cfg.log.quiet && self.summary.failed <= MAX_ROW_ERRORS_SHOWN {
+                        eprintln!("frameflush: {} not sent: {why}", rows.label());
+                    }
+                    let quarantined = self.db.record_failures(&failed, self.cfg.max_attempts)?;
                     self.note_quarantined(quarantined);
                     if quarantined > 0 {
                         self.forgive(id);
                     }
-                    // The connection is gone (or useless): a new one for
-                    // the rest of the backlog. If that fails, so does the
-                    // run, with the reason of the new attempt.
+                    self.strikes += 1;
+                    if self.strikes >= MAX_STRIKES {
+                        return Err(error);
+                    }
                     if self.cfg.log.verbose {
                         eprintln!("frameflush: {error}; reconnecting for the rest");
                     }
-                    session = self.connect()?;
+                    session.close();
+                    session = self.reconnect(error)?;
                 }
             }
         }
@@ -331,7 +385,8 @@ impl<'a> Drain<'a> {
         };
         self.summary.selected += rows.len() as u64;
         let mut out = VecDeque::new();
-        render_and_record(self.cfg, self.db, rows, self.summary, &mut out)?;
+        let failed = render_and_record(self.cfg, self.db, rows, self.summary, &mut out)?;
+        self.skip.extend(failed);
         Ok(out.pop_front())
     }
 
@@ -372,7 +427,7 @@ impl<'a> Drain<'a> {
                     };
                 }
                 Ok(Polled::Idle) => {}
-                Err(Broken { error, blame }) => {
+                Err(Broken { error, blame, .. }) => {
                     let why = match blame {
                         Blame::Message { why, .. } => why,
                         _ => format!(
@@ -424,10 +479,11 @@ impl<'a> Drain<'a> {
                 Ok(Polled::Other) => {}
                 Ok(Polled::Idle) => {
                     if session.in_flight() > 0 && Instant::now() >= ack_deadline {
-                        return Err(self.on_ack_timeout(session));
+                        let broken = self.ack_timeout(session);
+                        self.on_lost(session, broken)?;
                     }
                 }
-                Err(broken) => return Err(self.on_broken(broken)),
+                Err(broken) => self.on_lost(session, broken)?,
             }
             self.progress.tick(&*self.db, self.summary, self.start);
             let due = self
@@ -456,7 +512,11 @@ impl<'a> Drain<'a> {
     /// The next chunk from the source, once the current one has gone out.
     fn refill(&mut self) -> Result<()> {
         let chunk = next_rows(self.cfg, &*self.db, self.after, self.summary.selected)?;
-        self.summary.selected += chunk.rows.len() as u64;
+        let fresh = chunk.rows.iter().filter(|r| r.id > self.high_water).count();
+        self.summary.selected += fresh as u64;
+        if let Some(last) = chunk.rows.last() {
+            self.high_water = self.high_water.max(last.id);
+        }
         self.take(chunk)
     }
 
@@ -464,7 +524,12 @@ impl<'a> Drain<'a> {
     /// `--rate`. Returns when the rate lets the next one go, if it held one
     /// back.
     fn fill_window(&mut self, session: &mut Session) -> Result<Option<Instant>> {
-        while session.in_flight() < session.window() {
+        let window = if self.probation > 0 {
+            1
+        } else {
+            session.window()
+        };
+        while session.in_flight() < window {
             if let Some(r) = self.cfg.rate {
                 let due = self.rate_start + Duration::from_secs_f64(self.messages as f64 / r);
                 if Instant::now() < due {
@@ -481,9 +546,18 @@ impl<'a> Drain<'a> {
                 self.last_progress = Instant::now();
             }
             let rows = m.rows.ids().len() as u64;
+            let first_id = m.rows.ids().first().copied().unwrap_or_default();
+            let last_id = m.rows.ids().last().copied().unwrap_or_default();
             match session.publish(m) {
                 Ok(()) => {
-                    self.summary.published += rows;
+                    // Rows go out in id order: one at or below the highest
+                    // published is sent again after a lost connection.
+                    if first_id <= self.published_high {
+                        self.summary.resent += rows;
+                    } else {
+                        self.summary.published += rows;
+                        self.published_high = last_id;
+                    }
                     self.messages += 1;
                 }
                 Err(Unsent::TooLarge { message, why }) => self.fail_rows(&message.rows, why)?,
@@ -493,7 +567,25 @@ impl<'a> Drain<'a> {
         Ok(None)
     }
 
+    /// A PUBACK, of either kind: the broker works.
+    fn answered(&mut self) {
+        self.strikes = 0;
+        self.probation = self.probation.saturating_sub(1);
+        self.unproven = None;
+        if !self.pending_charges.is_empty() {
+            for (rows, why) in std::mem::take(&mut self.pending_charges) {
+                self.summary.failed += rows.ids().len() as u64;
+                if !self.cfg.log.quiet && self.summary.failed <= MAX_ROW_ERRORS_SHOWN {
+                    eprintln!("frameflush: {} not sent: {why}", rows.label());
+                }
+                self.refused
+                    .extend(rows.ids().iter().map(|&id| (id, why.clone())));
+            }
+        }
+    }
+
     fn on_ack(&mut self, rows: Rows) {
+        self.answered();
         self.summary.acknowledged += rows.ids().len() as u64;
         self.last_progress = Instant::now();
         self.acked.extend_from_slice(rows.ids());
@@ -504,16 +596,21 @@ impl<'a> Drain<'a> {
     /// unsent and is recorded; the run goes on, unless the broker wants no
     /// more now.
     fn on_refusal(&mut self, r: Refusal) {
+        self.answered();
+        self.skip.extend(r.rows.ids());
         self.last_progress = Instant::now();
         let n = r.rows.ids().len() as u64;
         self.summary.refused += n;
         let why = r.why();
         match r.verdict {
             Verdict::Refused(exit) => {
-                if !self.cfg.log.quiet && self.summary.refused <= MAX_ROW_ERRORS_SHOWN {
+                // One error line at the end sums the refusals up; -v names
+                // each.
+                if self.cfg.log.verbose {
                     eprintln!("frameflush: {} not sent: {why}", r.rows.label());
                 }
-                self.summary.refusal(exit);
+                self.summary
+                    .refusal(exit, || format!("{}: {}", r.rows.label(), why));
                 self.refused
                     .extend(r.rows.ids().iter().map(|&id| (id, why.clone())));
             }
@@ -523,11 +620,12 @@ impl<'a> Drain<'a> {
                         Error::new(
                             Exit::TempFail,
                             format!(
-                                "broker {}:{} answered {} for {}: it takes no more for now; publishing stopped, the rest waits for the next run",
+                                "broker {}:{} answered {} for {} (topic {}): it takes no more for now; publishing stopped, the rest waits for the next run",
                                 self.cfg.broker.host,
                                 self.cfg.broker.port,
                                 crate::session::reason::describe(r.code, r.reason.as_deref()),
-                                r.rows.label()
+                                r.rows.label(),
+                                r.topic
                             ),
                         ),
                         Instant::now(),
@@ -537,44 +635,138 @@ impl<'a> Drain<'a> {
         }
     }
 
-    /// The connection ended: charge the message the broker named, or make
-    /// the oldest one in flight a suspect.
-    fn on_broken(&mut self, broken: Broken) -> Error {
-        match broken.blame {
-            Blame::Message { rows, why } => {
-                self.refused
-                    .extend(rows.ids().iter().map(|&id| (id, why.clone())));
-                self.summary.refused += rows.ids().len() as u64;
-            }
-            Blame::Suspect { rows, .. } => self.suspect(&rows),
-            Blame::Nobody => {}
+    /// No PUBACK within --ack-timeout, with messages in flight.
+    fn ack_timeout(&self, session: &Session) -> Broken {
+        let oldest = session.oldest_in_flight();
+        let error = Error::new(
+            Exit::TempFail,
+            format!(
+                "{} PUBLISH(es) not acknowledged within --ack-timeout {} s; they stay unsent{}",
+                session.in_flight(),
+                self.cfg.ack_timeout.as_secs_f64(),
+                oldest
+                    .as_ref()
+                    .map_or(String::new(), |(rows, bytes)| format!(
+                        " (the oldest: {}, {bytes} bytes)",
+                        rows.label()
+                    ))
+            ),
+        );
+        let blame = match oldest {
+            Some((rows, bytes)) => Blame::Suspect { rows, bytes },
+            None => Blame::Nobody,
+        };
+        Broken {
+            error,
+            blame,
+            retry: true,
+            after_refusal: false,
         }
-        broken.error
     }
 
-    /// No PUBACK within --ack-timeout: the oldest message in flight becomes
-    /// a suspect.
-    fn on_ack_timeout(&mut self, session: &Session) -> Error {
-        let mut line = format!(
-            "{} PUBLISH(es) not acknowledged within --ack-timeout {} s; they stay unsent",
-            session.in_flight(),
-            self.cfg.ack_timeout.as_secs_f64()
-        );
-        if let Some((rows, bytes)) = session.oldest_in_flight() {
-            line.push_str(&format!(
-                "; the oldest ({}, {bytes} bytes) is suspected and goes alone first next time",
-                rows.label()
+    /// The connection ended, or went silent, with messages in flight. What
+    /// was acknowledged is marked; a message the broker's DISCONNECT named
+    /// is charged; one that was alone in flight is charged once a later one
+    /// gets through. Then, if the broker has been answering in this run and
+    /// this is not the second loss in a row, a new connection sends the
+    /// messages in doubt one at a time and the run goes on; else the run
+    /// ends and the oldest message in doubt becomes a suspect for the next.
+    fn on_lost(&mut self, session: &mut Session, broken: Broken) -> Result<()> {
+        let Broken {
+            error,
+            blame,
+            retry,
+            after_refusal,
+        } = broken;
+        let in_doubt = session.in_doubt();
+        self.mark()?;
+        if let Blame::Message { rows, why } = &blame {
+            self.skip.extend(rows.ids());
+            self.summary.refused += rows.ids().len() as u64;
+            self.refused
+                .extend(rows.ids().iter().map(|&id| (id, why.clone())));
+        } else if let [(rows, bytes)] = in_doubt.as_slice()
+            && !after_refusal
+            && session.published() == 1
+        {
+            // A probe failed: a message alone, the first on its connection,
+            // lost it. (Not the first: the link may die at that point of
+            // every connection; it goes first on the next one.)
+            self.strikes += 1;
+            self.skip.extend(rows.ids());
+            self.pending_charges.push((
+                rows.clone(),
+                format!(
+                    "the broker closed the connection on this message, or did not acknowledge it, sent alone ({bytes} bytes: above the broker's packet size limit? refused by its ACL?)"
+                ),
             ));
-            self.suspect(&rows);
+            self.unproven = Some(error.clone());
         }
-        Error::new(Exit::TempFail, line)
+        let unresolved: Vec<&Rows> = in_doubt
+            .iter()
+            .map(|(rows, _)| rows)
+            .filter(|rows| !rows.ids().iter().any(|id| self.skip.contains(id)))
+            .collect();
+        if !retry
+            || self.strikes >= MAX_STRIKES
+            || self.reconnects >= MAX_RECONNECTS
+            || Instant::now() >= self.publish_deadline
+        {
+            if let Some(rows) = unresolved.first() {
+                let rows = (*rows).clone();
+                self.suspect(&rows);
+            }
+            return Err(error);
+        }
+        // Start again from the oldest message in doubt (or the next one
+        // queued): rows marked meanwhile are not selected again, rows this
+        // run is done with are skipped.
+        let restart = unresolved
+            .first()
+            .and_then(|r| r.ids().first().copied())
+            .or_else(|| {
+                self.queue
+                    .front()
+                    .and_then(|m| m.rows.ids().first().copied())
+            });
+        if let Some(id) = restart {
+            self.after = self.after.min(id - 1);
+            self.queue.clear();
+            self.more = true;
+        }
+        // A probation under way goes on: the messages it had still to
+        // send one at a time are among those selected again.
+        self.probation = self.probation.max(unresolved.len());
+        if self.cfg.log.verbose {
+            eprintln!(
+                "frameflush: {error}; reconnecting, then {} message(s) in doubt go one at a time",
+                self.probation
+            );
+        }
+        session.close();
+        *session = self.reconnect(error)?;
+        Ok(())
+    }
+
+    /// A new connection after `lost`; if it cannot be had, the run ends with
+    /// both reasons.
+    fn reconnect(&mut self, lost: Error) -> Result<Session> {
+        self.reconnects += 1;
+        self.summary.reconnects += 1;
+        self.last_progress = Instant::now();
+        self.connect().map_err(|e| {
+            Error::new(
+                lost.exit,
+                format!("{}; reconnecting failed: {}", lost.message, e.message),
+            )
+        })
     }
 
     fn suspect(&mut self, rows: &Rows) {
         let Some(&id) = rows.ids().first() else {
             return;
         };
-        if !self.suspects.contains(&id) && !self.skip.contains(&id) {
+        if !self.suspects.contains(&id) {
             self.suspects.push(id);
             if self.suspects.len() > MAX_SUSPECTS {
                 self.suspects.remove(0);
@@ -647,6 +839,14 @@ impl<'a> Drain<'a> {
             failure = Some(e);
         }
         if let Err(e) = self.mark() {
+            failure.get_or_insert(e);
+        }
+        // Not proven guilty: tried alone again by the next run, and the run
+        // did not deliver everything.
+        for (rows, _) in std::mem::take(&mut self.pending_charges) {
+            self.suspect(&rows);
+        }
+        if let Some(e) = self.unproven.take() {
             failure.get_or_insert(e);
         }
         if self.suspects_changed {

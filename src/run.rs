@@ -35,7 +35,7 @@ pub fn flush(cfg: &Config) -> (Summary, Option<Error>) {
     } else {
         publish_run(cfg, &mut summary, start)
     };
-    let error = result.err();
+    let error = result.err().or_else(|| summary.refusal_error());
     summary.unsent = summary.selected.saturating_sub(summary.marked);
     summary.elapsed_ms = start.elapsed().as_millis() as u64;
     summary.exit_code = exit_status(&summary, error.as_ref()).code();

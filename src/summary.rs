@@ -10,7 +10,10 @@ use crate::error::{Error, Exit};
 #[derive(Debug, Default, Serialize)]
 pub struct Summary {
     pub selected: u64,
+    /// Rows handed to the broker for the first time in this run.
     pub published: u64,
+    /// Rows sent again after a lost connection (the messages in doubt).
+    pub resent: u64,
     pub acknowledged: u64,
     pub marked: u64,
     /// Rows that could not become a message, or whose message could not be
@@ -22,6 +25,9 @@ pub struct Summary {
     pub refused: u64,
     /// Rows this run quarantined (they reached `--max-attempts`).
     pub quarantined: u64,
+    /// New connections after a lost one (the messages in doubt then go one
+    /// at a time).
+    pub reconnects: u32,
     /// Selected by this run and still unsent at its end.
     pub unsent: u64,
     /// Unsent rows for this mask in the database at the end, when known.
@@ -39,14 +45,34 @@ pub struct Summary {
     /// permission, else 65.
     #[serde(skip)]
     pub refusal_exit: Option<Exit>,
+    /// The first refusal of the run, for the error line.
+    #[serde(skip)]
+    pub first_refusal: Option<String>,
 }
 
 impl Summary {
-    /// Counts a refusal's exit status: permission (77) outranks the rest.
-    pub fn refusal(&mut self, exit: Exit) {
+    /// Counts a refusal's exit status (permission, 77, outranks the rest)
+    /// and keeps the first one's description.
+    pub fn refusal(&mut self, exit: Exit, what: impl FnOnce() -> String) {
         if self.refusal_exit != Some(Exit::NoPerm) {
             self.refusal_exit = Some(exit);
         }
+        if self.first_refusal.is_none() {
+            self.first_refusal = Some(what());
+        }
+    }
+
+    /// The error line of a run whose only trouble was refusals.
+    pub fn refusal_error(&self) -> Option<Error> {
+        let exit = self.refusal_exit?;
+        Some(Error::new(
+            exit,
+            format!(
+                "the broker refused {} row(s), first {}; they stay unsent and are retried up to --max-attempts (see `frameflush failures`)",
+                self.refused,
+                self.first_refusal.as_deref().unwrap_or("?")
+            ),
+        ))
     }
 }
 

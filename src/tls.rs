@@ -278,7 +278,10 @@ mod imp {
             ConnectionError::Tls(TlsError::TLS(r)) => return Some(r),
             ConnectionError::Tls(TlsError::Io(io))
             | ConnectionError::Io(io)
-            | ConnectionError::MqttState(StateError::Io(io)) => io,
+            | ConnectionError::MqttState(StateError::Io(io))
+            | ConnectionError::MqttState(StateError::Deserialization(
+                rumqttc::v5::mqttbytes::Error::Io(io),
+            )) => io,
             _ => return None,
         };
         io.get_ref()?.downcast_ref::<rustls::Error>()

@@ -333,17 +333,25 @@ pub enum Blame {
     },
 }
 
-/// A session that ended: the run's error line and who is to blame.
+/// A session that ended: the run's error line, who is to blame, and
+/// whether a new connection may do better (not after the broker's own
+/// DISCONNECT, a TLS failure or lost packet ids).
 #[derive(Debug)]
 pub struct Broken {
     pub error: Error,
     pub blame: Blame,
+    pub retry: bool,
+    /// The broker's last PUBACK on this connection was a refusal: some
+    /// brokers (mosquitto with `max_queued_messages 0`) close the connection
+    /// after refusing, and the message sent after it is not to blame.
+    pub after_refusal: bool,
 }
 
 /// The broker refused one message (MQTT 5 PUBACK reason code ≥ 0x80).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     pub rows: Rows,
+    pub topic: String,
     pub code: u8,
     pub reason: Option<String>,
     pub verdict: Verdict,
@@ -353,7 +361,8 @@ impl Refusal {
     /// For the failure ledger and stderr.
     pub fn why(&self) -> String {
         format!(
-            "the broker refused it: {}",
+            "the broker refused it (topic {}): {}",
+            self.topic,
             reason::describe(self.code, self.reason.as_deref())
         )
     }
@@ -486,6 +495,8 @@ impl<T> Tracker<T> {
 #[derive(Debug)]
 struct Sent {
     rows: Rows,
+    /// For the line that names a refused message.
+    topic: String,
     bytes: usize,
     /// Handed over as the n-th PUBLISH of this connection.
     seq: u64,
@@ -555,6 +566,8 @@ pub struct Session {
     acked: u64,
     /// The connection failed: nothing more can be sent on it.
     broken: bool,
+    /// The last PUBACK on this connection refused its message.
+    refused_last: bool,
 }
 
 /// What [`Session::connect`] needs.
@@ -677,6 +690,7 @@ impl Session {
             published: 0,
             acked: 0,
             broken: false,
+            refused_last: false,
         })
     }
 
@@ -691,6 +705,20 @@ impl Session {
 
     pub fn in_flight(&self) -> usize {
         self.tracker.in_flight()
+    }
+
+    /// PUBLISHes handed over on this connection.
+    pub fn published(&self) -> u64 {
+        self.published
+    }
+
+    /// Every message not yet acknowledged, oldest first: its rows and size.
+    pub fn in_doubt(&self) -> Vec<(Rows, usize)> {
+        let mut sent: Vec<&Sent> = self.tracker.pending().collect();
+        sent.sort_by_key(|s| s.seq);
+        sent.into_iter()
+            .map(|s| (s.rows.clone(), s.bytes))
+            .collect()
     }
 
     /// The oldest message not yet acknowledged: its rows and its size.
@@ -714,7 +742,7 @@ impl Session {
     /// Hands one QoS 1 PUBLISH to rumqttc. The caller keeps the window, so
     /// the channel always has room. A message over the broker's Maximum
     /// Packet Size is given back, never sent.
-    pub fn publish(&mut self, mut m: Message) -> std::result::Result<(), Unsent> {
+    pub fn publish(&mut self, m: Message) -> std::result::Result<(), Unsent> {
         let bytes = self.packet_bytes(&m);
         if let Some(max) = self.limits.max_packet_size
             && bytes > max as usize
@@ -729,7 +757,7 @@ impl Session {
         let topic = if shape.alias_only {
             String::new()
         } else {
-            std::mem::take(&mut m.topic)
+            m.topic.clone()
         };
         let bytes = self.wire.packet_size(topic.len(), m.payload.len(), shape);
         let rows = m.rows;
@@ -741,6 +769,7 @@ impl Session {
         })?;
         self.tracker.handed(Sent {
             rows,
+            topic: m.topic,
             bytes,
             seq: self.published,
             sets_alias: shape.alias.filter(|_| !shape.alias_only),
@@ -782,6 +811,8 @@ impl Session {
                     format!("lost track of packet ids ({why}); rows in doubt stay unsent"),
                 ),
                 blame: Blame::Nobody,
+                retry: false,
+                after_refusal: false,
             }
         })
     }
@@ -796,6 +827,7 @@ impl Session {
         let sent = self.tracker.on_puback(pkid)?;
         self.acked += 1;
         let verdict = reason::puback(code);
+        self.refused_last = verdict != Verdict::Accepted;
         if verdict == Verdict::Accepted {
             if let Some(alias) = sent.sets_alias {
                 self.aliases.confirm(alias);
@@ -807,6 +839,7 @@ impl Session {
         }
         Ok(Polled::Refused(Refusal {
             rows: sent.rows,
+            topic: sent.topic,
             code,
             reason,
             verdict,
@@ -855,40 +888,58 @@ impl Session {
                     ),
                 ),
                 blame,
+                retry: false,
+                after_refusal: self.refused_last,
             };
         }
         if let Fault::Tls(e) = fault {
             return Broken {
                 error: Error::new(Exit::TempFail, format!("connection to broker lost: {e}")),
                 blame: Blame::Nobody,
+                retry: false,
+                after_refusal: self.refused_last,
             };
         }
-        let (blame, suspect) = match oldest {
-            Some((rows, bytes)) => {
-                let line = format!(
-                    "; the oldest unacknowledged message ({}, {bytes} bytes) is suspected and goes alone first next time",
-                    rows.label()
-                );
-                (Blame::Suspect { rows, bytes }, line)
-            }
-            None => (Blame::Nobody, String::new()),
+        let blame = match oldest {
+            Some((rows, bytes)) => Blame::Suspect { rows, bytes },
+            None => Blame::Nobody,
         };
         Broken {
             error: Error::new(
                 Exit::TempFail,
                 format!(
-                    "connection to broker {} lost: {}, {after}; {in_flight} message(s) in flight stay unsent{suspect}",
+                    "connection to broker {} lost: {}, {after}; {in_flight} message(s) in flight stay unsent",
                     self.name,
                     fault.words()
                 ),
             ),
             blame,
+            retry: true,
+            after_refusal: self.refused_last,
         }
+    }
+
+    /// Drops the connection at once (the socket is closed): before a new
+    /// one is made, so that a broker serving one client at a time sees this
+    /// one gone.
+    pub fn close(&mut self) {
+        self.wire = Box::new(Closed);
+        self.broken = true;
     }
 
     /// Sends DISCONNECT and waits (at most `wait`) until it has gone out, so
     /// the broker sees a clean end rather than a dropped connection.
     pub fn disconnect(mut self, wait: Duration) {
+        self.goodbye(wait);
+    }
+
+    /// [`Session::disconnect`], leaving the session closed.
+    pub fn goodbye(&mut self, wait: Duration) {
+        self.say_goodbye(wait);
+        self.close();
+    }
+
+    fn say_goodbye(&mut self, wait: Duration) {
         if self.broken || !self.wire.disconnect() {
             return;
         }
@@ -910,6 +961,24 @@ impl Session {
                 Next::Idle | Next::Failed(_) | Next::Ended => return,
             }
         }
+    }
+}
+
+/// The wire of a closed session: nothing goes out, nothing comes in.
+struct Closed;
+
+impl Wire for Closed {
+    fn publish(&mut self, _: String, _: Vec<u8>, _: Shape) -> std::result::Result<(), String> {
+        Err("the connection is closed".into())
+    }
+    fn next(&mut self, _: Duration) -> Next {
+        Next::Ended
+    }
+    fn disconnect(&mut self) -> bool {
+        false
+    }
+    fn packet_size(&self, topic_len: usize, payload_len: usize, _: Shape) -> usize {
+        packet_size(topic_len, payload_len)
     }
 }
 

@@ -145,6 +145,9 @@ impl V5 {
             ConnectionError::Io(io) | ConnectionError::MqttState(StateError::Io(io)) => {
                 Fault::from_io(&io)
             }
+            ConnectionError::MqttState(StateError::Deserialization(
+                rumqttc::v5::mqttbytes::Error::Io(io),
+            )) => Fault::from_io(&io),
             ConnectionError::MqttState(StateError::Deserialization(d)) => {
                 Fault::Garbled(d.to_string())
             }
