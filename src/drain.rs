@@ -9,16 +9,22 @@
 //! [`Session`]: which database and which MQTT version are underneath is not
 //! its business.
 //!
-//! Suspects: when a connection dies (or PUBACKs stop coming) with messages
-//! in flight, the oldest unacknowledged message may be the one that killed
-//! it (over the broker's packet size limit, refused by an ACL that resets
-//! the connection). Its first row id is kept in the source's state. The next
-//! run sends each suspect alone, before opening the window, and waits for
-//! its PUBACK: accepted, it is marked and forgiven; if the connection dies
-//! again, or no PUBACK comes within `--ack-timeout`, the message is charged
-//! an attempt (quarantined at `--max-attempts`), and the run reconnects and
-//! goes on with the rest. A suspect is tried alone at most once per run, so
-//! one bad message costs one connection per run, never the backlog.
+//! A lost connection (or PUBACKs that stop coming) with messages in flight
+//! leaves those messages in doubt: the broker may have taken them, or one of
+//! them may be what killed the connection (over the broker's packet size
+//! limit, refused by an ACL that resets the connection, a message after
+//! which the broker goes silent). The run marks what was acknowledged,
+//! connects again and sends the messages in doubt one at a time, each
+//! waiting for its PUBACK (`probation`), so no PUBACK is lost with a
+//! connection and the culprit shows itself: a message that fails alone as
+//! the first PUBLISH of its connection is charged an attempt once a later
+//! message gets a PUBACK (proof that the broker works and the fault was that
+//! message's). Two messages alone failing in a row (`strikes`) mean the link
+//! or the broker is at fault: the run ends, nobody is charged, and the
+//! oldest message in doubt is kept as a suspect in the source's state. The
+//! next run sends each suspect alone, first on its own connection, before
+//! opening the window: accepted, it is marked and forgiven; failing again,
+//! it is charged (quarantined at `--max-attempts`) and the rest goes on.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
