@@ -15,7 +15,6 @@ use serde::Deserialize;
 
 use crate::cli::FlushArgs;
 use crate::error::{Error, Exit, Result};
-use crate::session::Wanted;
 use crate::sys::{hostname, io_reason};
 use crate::template::{PayloadFormat, Template};
 use crate::tls::{Tls, TlsOptions, secret_file_warning};
@@ -79,6 +78,49 @@ pub enum Group {
 
 /// The default topic of frame messages.
 pub const DEFAULT_FRAME_TOPIC: &str = "sensors/{id_wasp}";
+
+/// An MQTT protocol version: asked for with `-V`, negotiated by the
+/// session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    V311,
+    V5,
+}
+
+impl Protocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::V311 => "MQTT 3.1.1",
+            Protocol::V5 => "MQTT 5",
+        }
+    }
+    /// As `-V` takes it and as it is remembered.
+    pub fn short(self) -> &'static str {
+        match self {
+            Protocol::V311 => "311",
+            Protocol::V5 => "5",
+        }
+    }
+}
+
+/// `-V/--protocol-version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    /// MQTT 5, falling back to 3.1.1 when the broker does not speak it.
+    Auto,
+    Only(Protocol),
+}
+
+impl Wanted {
+    pub fn parse(s: &str) -> Option<Wanted> {
+        match s {
+            "auto" => Some(Wanted::Auto),
+            "5" | "mqttv5" => Some(Wanted::Only(Protocol::V5)),
+            "311" | "mqttv311" | "3.1.1" => Some(Wanted::Only(Protocol::V311)),
+            _ => None,
+        }
+    }
+}
 
 /// How much a run says on stderr.
 #[derive(Debug, Clone, Copy, Default)]

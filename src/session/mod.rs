@@ -30,6 +30,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::{Broker, Log};
+pub use crate::config::{Protocol, Wanted};
 use crate::error::{Error, Exit, Result};
 use crate::sys::io_reason;
 use reason::Verdict;
@@ -37,47 +38,6 @@ use reason::Verdict;
 /// How often a broker remembered as 3.1.1-only is asked for MQTT 5 again
 /// (it may have been upgraded): once a day costs one refused CONNECT.
 pub const PROBE_INTERVAL_S: u64 = 24 * 3600;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    V311,
-    V5,
-}
-
-impl Protocol {
-    pub fn label(self) -> &'static str {
-        match self {
-            Protocol::V311 => "MQTT 3.1.1",
-            Protocol::V5 => "MQTT 5",
-        }
-    }
-    /// As `-V` takes it and as it is remembered.
-    pub fn short(self) -> &'static str {
-        match self {
-            Protocol::V311 => "311",
-            Protocol::V5 => "5",
-        }
-    }
-}
-
-/// `-V/--protocol-version`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wanted {
-    /// MQTT 5, falling back to 3.1.1 when the broker does not speak it.
-    Auto,
-    Only(Protocol),
-}
-
-impl Wanted {
-    pub fn parse(s: &str) -> Option<Wanted> {
-        match s {
-            "auto" => Some(Wanted::Auto),
-            "5" | "mqttv5" => Some(Wanted::Only(Protocol::V5)),
-            "311" | "mqttv311" | "3.1.1" => Some(Wanted::Only(Protocol::V311)),
-            _ => None,
-        }
-    }
-}
 
 /// The rows one message carries: one row, or a whole Waspmote frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
