@@ -389,7 +389,9 @@ impl<'a> Drain<'a> {
             Group::Row => rows,
             Group::Frame => split_frames(rows).into_iter().next().unwrap_or_default(),
         };
-        self.summary.selected += rows.len() as u64;
+        // Counted here unless the first chunk had it; the window skips it.
+        let fresh = rows.iter().filter(|r| r.id > self.high_water).count();
+        self.summary.selected += fresh as u64;
         let mut out = VecDeque::new();
         let failed = render_and_record(self.cfg, self.db, rows, self.summary, &mut out)?;
         self.skip.extend(failed);
@@ -518,7 +520,13 @@ impl<'a> Drain<'a> {
     /// The next chunk from the source, once the current one has gone out.
     fn refill(&mut self) -> Result<()> {
         let chunk = next_rows(self.cfg, &*self.db, self.after, self.summary.selected)?;
-        let fresh = chunk.rows.iter().filter(|r| r.id > self.high_water).count();
+        // Rows selected before (or suspects, counted when isolated) are not
+        // counted again.
+        let fresh = chunk
+            .rows
+            .iter()
+            .filter(|r| r.id > self.high_water && !self.skip.contains(&r.id))
+            .count();
         self.summary.selected += fresh as u64;
         if let Some(last) = chunk.rows.last() {
             self.high_water = self.high_water.max(last.id);
