@@ -924,6 +924,25 @@ impl Session {
     }
 }
 
+/// Waits at most `timeout` for the CONNACK: `step` waits on the connection
+/// for at most the time it is given, and says how the CONNECT ended once it
+/// has (None: not yet).
+fn await_connack(
+    timeout: Duration,
+    mut step: impl FnMut(Duration) -> Option<std::result::Result<Limits, Fault>>,
+) -> std::result::Result<Limits, Fault> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Fault::Timeout);
+        }
+        if let Some(settled) = step(left) {
+            return settled;
+        }
+    }
+}
+
 /// The wire of a closed session: nothing goes out, nothing comes in.
 struct Closed;
 

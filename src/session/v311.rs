@@ -11,7 +11,7 @@ use rumqttc::{
     Packet, QoS, RecvTimeoutError, StateError,
 };
 
-use super::{Event, Fault, Limits, Next, Options, Shape, Wire, packet_size};
+use super::{Event, Fault, Limits, Next, Options, Shape, Wire, await_connack, packet_size};
 use crate::config::Log;
 use crate::template::MAX_TOPIC_LEN;
 
@@ -56,26 +56,21 @@ pub(super) fn connect(
         log: o.log,
         name: name.to_string(),
     };
-    let deadline = std::time::Instant::now() + broker.connect_timeout;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(Fault::Timeout);
-        }
+    let limits = await_connack(broker.connect_timeout, |left| {
         match wire.connection.recv_timeout(left) {
             Ok(Ok(event)) => {
                 if o.log.debug {
                     eprintln!("frameflush: mqtt: {event:?}");
                 }
-                if let Ev::Incoming(Packet::ConnAck(_)) = event {
-                    return Ok((Box::new(wire), Limits::default()));
-                }
+                // MQTT 3.1.1 announces no limits.
+                matches!(event, Ev::Incoming(Packet::ConnAck(_))).then(|| Ok(Limits::default()))
             }
-            Ok(Err(e)) => return Err(wire.fault(e)),
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return Err(Fault::Closed),
+            Ok(Err(e)) => Some(Err(wire.fault(e))),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(Err(Fault::Closed)),
         }
-    }
+    })?;
+    Ok((Box::new(wire), limits))
 }
 
 impl V311 {

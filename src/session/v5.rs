@@ -23,7 +23,10 @@ use rumqttc::v5::{
     StateError,
 };
 
-use super::{CONTENT_TYPE_JSON, Event, Fault, Limits, Next, Options, Shape, Wire, packet_size_v5};
+use super::{
+    CONTENT_TYPE_JSON, Event, Fault, Limits, Next, Options, Shape, Wire, await_connack,
+    packet_size_v5,
+};
 use crate::config::Log;
 
 struct V5 {
@@ -66,32 +69,28 @@ pub(super) fn connect(
         log: o.log,
         name: name.to_string(),
     };
-    let deadline = std::time::Instant::now() + broker.connect_timeout;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        if left.is_zero() {
-            return Err(Fault::Timeout);
-        }
+    let limits = await_connack(broker.connect_timeout, |left| {
         match wire.connection.recv_timeout(left) {
             Ok(Ok(event)) => {
                 if o.log.debug {
                     eprintln!("frameflush: mqtt: {event:?}");
                 }
-                if let Ev::Incoming(Packet::ConnAck(ack)) = event {
-                    let p = ack.properties.as_ref();
-                    let limits = Limits {
-                        receive_max: p.and_then(|p| p.receive_max),
-                        max_packet_size: p.and_then(|p| p.max_packet_size),
-                        topic_alias_max: p.and_then(|p| p.topic_alias_max).unwrap_or(0),
-                    };
-                    return Ok((Box::new(wire), limits));
-                }
+                let Ev::Incoming(Packet::ConnAck(ack)) = event else {
+                    return None;
+                };
+                let p = ack.properties.as_ref();
+                Some(Ok(Limits {
+                    receive_max: p.and_then(|p| p.receive_max),
+                    max_packet_size: p.and_then(|p| p.max_packet_size),
+                    topic_alias_max: p.and_then(|p| p.topic_alias_max).unwrap_or(0),
+                }))
             }
-            Ok(Err(e)) => return Err(wire.fault(e)),
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return Err(Fault::Closed),
+            Ok(Err(e)) => Some(Err(wire.fault(e))),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => Some(Err(Fault::Closed)),
         }
-    }
+    })?;
+    Ok((Box::new(wire), limits))
 }
 
 /// The number MQTT 5 gives a CONNACK reason code.
