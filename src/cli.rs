@@ -76,7 +76,7 @@ pub enum Command {
     error_code(78, "invalid configuration")
 )]
 pub struct FlushArgs {
-    /// the database holding the sensorParser table: an SQLite file, or mysql://USER@HOST[:PORT]/DATABASE[?socket=PATH] (build with --features mysql)
+    /// the database holding the sensorParser table: an SQLite file, or mysql://USER@HOST[:PORT]/DATABASE[?socket=PATH] (in a build with the mysql feature)
     #[argh(option)]
     pub db: Option<String>,
     /// file holding the MySQL password (first line); see also FRAMEFLUSH_DB_PASSWORD

@@ -567,7 +567,9 @@ enum Kind {
 /// yet, which fails the tests until a bad-value generator is added.
 fn kind_of(name: &str) -> Option<Kind> {
     Some(match name {
-        "db" | "config" | "pw-file" | "cafile" | "cert" | "key" | "metrics-file" => Kind::Path,
+        "db" | "config" | "pw-file" | "db-pw-file" | "cafile" | "cert" | "key" | "metrics-file" => {
+            Kind::Path
+        }
         "alpn" => Kind::Alpn,
         "host" => Kind::Host,
         "port" | "inflight" => Kind::Int {
