@@ -1032,6 +1032,12 @@ fn connect(db: &MysqlDb, busy: Duration, with_db: bool) -> Result<Conn> {
     names.map_err(|e| mysql_error(db, "set up a connection to", &e))?;
     conn.query_drop("SET time_zone = '+00:00'")
         .map_err(|e| mysql_error(db, "set up a connection to", &e))?;
+    // InnoDB: an UPDATE in READ COMMITTED skips rows it does not match
+    // without waiting for their locks, so marking never waits for a
+    // producer's open transaction (REPEATABLE READ would lock the row
+    // after a range: the producer's newest).
+    conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .map_err(|e| mysql_error(db, "set up a connection to", &e))?;
     let wait = busy.as_secs().max(1);
     // Not every server knows both (lock_wait_timeout: 5.5 and later).
     let _ = conn.query_drop(format!("SET SESSION innodb_lock_wait_timeout = {wait}"));
