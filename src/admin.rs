@@ -12,8 +12,9 @@ use serde::Serialize;
 use crate::cli::{FailuresArgs, ImportMeshliumArgs, InitArgs, PurgeArgs, RequeueArgs, StatusArgs};
 use crate::config::Target;
 use crate::error::{Error, Exit, Result};
+use crate::retention;
 use crate::source::{self, Destination, Mode};
-use crate::{out, print_json, retention};
+use crate::sys::{out, print_json};
 
 pub fn init(args: &InitArgs) -> Result<Exit> {
     let target = Target::from_flags(
@@ -30,7 +31,18 @@ pub fn init(args: &InitArgs) -> Result<Exit> {
 #[derive(Debug, Serialize)]
 struct Status {
     total: u64,
-    destinations: Vec<Destination>,
+    destinations: Vec<DestinationStatus>,
+}
+
+/// A destination as `status` shows it: the source's figures and the MQTT
+/// version its last connection spoke.
+#[derive(Debug, Serialize)]
+struct DestinationStatus {
+    #[serde(flatten)]
+    figures: Destination,
+    /// "5" or "311", and the broker, from the last run that connected.
+    protocol: Option<String>,
+    broker: Option<String>,
 }
 
 /// "3d 4h", "12m 5s": an age for people.
@@ -81,7 +93,16 @@ pub fn status(args: &StatusArgs) -> Result<Exit> {
     let mut destinations = Vec::new();
     for mask in masks {
         db.for_mask(mask)?;
-        destinations.push(db.destination()?);
+        let last = db.state(&crate::drain::last_protocol_key(mask))?;
+        let (protocol, broker) = match last.as_deref().and_then(|l| l.split_once(' ')) {
+            Some((p, b)) => (Some(p.to_string()), Some(b.to_string())),
+            None => (None, None),
+        };
+        destinations.push(DestinationStatus {
+            figures: db.destination()?,
+            protocol,
+            broker,
+        });
     }
     let status = Status {
         total: db.total()?,
@@ -92,7 +113,13 @@ pub fn status(args: &StatusArgs) -> Result<Exit> {
         return Ok(Exit::Ok);
     }
     let mut text = format!("total rows:    {}", status.total);
-    for d in &status.destinations {
+    for dest in &status.destinations {
+        let d = &dest.figures;
+        let protocol = match (dest.protocol.as_deref(), &dest.broker) {
+            (Some("5"), Some(b)) => format!("MQTT 5 (to {b})"),
+            (Some(_), Some(b)) => format!("MQTT 3.1.1 (to {b})"),
+            _ => "- (no connection yet)".to_string(),
+        };
         let oldest = match (&d.oldest_unsent, d.oldest_unsent_age_s) {
             (None, _) => "-".to_string(),
             (Some(t), Some(a)) => format!("{t} ({} ago)", age(a)),
@@ -112,7 +139,7 @@ pub fn status(args: &StatusArgs) -> Result<Exit> {
             },
         };
         text.push_str(&format!(
-            "\nsync mask {}:\n  unsent:        {}\n  oldest unsent: {oldest}\n  quarantined:   {} (failing, to be retried: {})\n  last run:      {last_run}",
+            "\nsync mask {}:\n  unsent:        {}\n  oldest unsent: {oldest}\n  quarantined:   {} (failing, to be retried: {})\n  last run:      {last_run}\n  protocol:      {protocol}",
             d.sync_mask, d.unsent, d.quarantined, d.failing
         ));
     }

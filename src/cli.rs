@@ -172,6 +172,9 @@ pub struct FlushArgs {
     /// runs that may fail to turn a row into a message before it is quarantined (default 3)
     #[argh(option)]
     pub max_attempts: Option<u32>,
+    /// MQTT version: 5, 311 (also mqttv5, mqttv311) or auto (the default: 5, falling back to 3.1.1 when the broker does not speak it)
+    #[argh(option, short = 'V')]
+    pub protocol_version: Option<String>,
     /// write Prometheus metrics (textfile-collector format) to this file at the end of each run
     #[argh(option)]
     pub metrics_file: Option<String>,

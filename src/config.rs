@@ -15,6 +15,8 @@ use serde::Deserialize;
 
 use crate::cli::FlushArgs;
 use crate::error::{Error, Exit, Result};
+use crate::session::Wanted;
+use crate::sys::{hostname, io_reason};
 use crate::template::{PayloadFormat, Template};
 use crate::tls::{Tls, TlsOptions, secret_file_warning};
 
@@ -113,6 +115,8 @@ pub struct Config {
     pub max_payload: usize,
     /// Runs a row may fail before it is quarantined.
     pub max_attempts: u32,
+    /// `-V`: MQTT 5, 3.1.1, or 5 falling back to 3.1.1.
+    pub protocol: Wanted,
     /// Where to write Prometheus metrics at the end of the run.
     pub metrics_file: Option<PathBuf>,
     pub dry_run: bool,
@@ -211,6 +215,7 @@ struct FileSettings {
     max_payload: Option<u32>,
     busy_timeout: Option<f64>,
     max_attempts: Option<u32>,
+    protocol_version: Option<String>,
     metrics_file: Option<String>,
     dry_run: Option<bool>,
     json: Option<bool>,
@@ -315,15 +320,6 @@ fn read_file_settings(path: Option<&str>) -> Result<FileSettings> {
         )));
     }
     Ok(settings)
-}
-
-/// An io::Error's reason without the "(os error N)" noise.
-pub fn io_reason(e: &std::io::Error) -> String {
-    let s = e.to_string();
-    match s.find(" (os error") {
-        Some(i) => s[..i].to_string(),
-        None => s,
-    }
 }
 
 fn target(
@@ -608,19 +604,6 @@ fn parse_url(s: &str) -> std::result::Result<Url, String> {
         username: userinfo.map(str::to_string),
         topic: topic.filter(|t| !t.is_empty()).map(str::to_string),
     })
-}
-
-/// The machine's host name, for the default client id.
-pub fn hostname() -> String {
-    for path in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
-        if let Ok(s) = std::fs::read_to_string(path) {
-            let s = s.trim();
-            if !s.is_empty() {
-                return s.to_string();
-            }
-        }
-    }
-    "gateway".to_string()
 }
 
 fn read_password_file(path: &Path) -> Result<Secret> {
@@ -940,6 +923,15 @@ impl Config {
             }
             Some(m) => m.v,
         };
+        let protocol = match pick(
+            "protocol-version",
+            args.protocol_version.clone(),
+            file.protocol_version.clone(),
+        ) {
+            None => Wanted::Auto,
+            Some(p) => Wanted::parse(&p.v)
+                .ok_or_else(|| p.bad("must be 5, 311 (or mqttv5, mqttv311) or auto"))?,
+        };
         let metrics_file = match pick(
             "metrics-file",
             args.metrics_file.clone(),
@@ -972,6 +964,7 @@ impl Config {
             ack_timeout,
             max_payload,
             max_attempts,
+            protocol,
             metrics_file,
             dry_run: flag(args.dry_run, file.dry_run),
             json: flag(args.json, file.json),

@@ -9,8 +9,8 @@
 use std::fs::{File, TryLockError};
 use std::path::Path;
 
-use crate::config::io_reason;
 use crate::error::{Error, Exit, Result};
+use crate::sys::io_reason;
 
 /// Held for the life of the run; dropping it releases the lock.
 #[derive(Debug)]

@@ -10,17 +10,21 @@
 //! `error` holds the one error type and the exit statuses.
 
 mod admin;
+mod batch;
 mod cli;
 mod config;
+mod drain;
 mod error;
 mod lock;
 mod meshlium;
 mod metrics;
-mod publish;
 mod retention;
 mod row;
 mod run;
+mod session;
 mod source;
+mod summary;
+mod sys;
 mod template;
 mod tls;
 
@@ -31,6 +35,7 @@ use argh::FromArgs;
 use crate::cli::{Cli, Command};
 use crate::config::Config;
 use crate::error::{Exit, Result};
+use crate::sys::{out, print_json};
 
 fn main() -> ExitCode {
     let mut args = Vec::new();
@@ -92,7 +97,7 @@ fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
                 Ok(cfg) => cfg,
                 Err(e) => {
                     if args.json {
-                        print_json(&run::Summary {
+                        print_json(&summary::Summary {
                             exit_code: e.exit.code(),
                             error: Some(e.message.clone()),
                             ..Default::default()
@@ -113,7 +118,7 @@ fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
             }
             match error {
                 Some(e) => Err(e),
-                None => Ok(run::exit_status(&summary, None)),
+                None => Ok(summary::exit_status(&summary, None)),
             }
         }
         Command::Init(args) => admin::init(&args),
@@ -123,20 +128,4 @@ fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
         Command::Purge(args) => admin::purge(&args),
         Command::ImportMeshlium(args) => admin::import_meshlium(&args),
     }
-}
-
-/// One JSON value on one line of stdout.
-pub fn print_json<T: serde::Serialize>(value: &T) {
-    match serde_json::to_string(value) {
-        Ok(s) => out(&s),
-        Err(e) => eprintln!("frameflush: error: cannot write JSON: {e}"),
-    }
-}
-
-/// One line on stdout. A closed stdout (`| head`) is not worth a panic: the
-/// exit status still tells.
-pub fn out(line: &str) {
-    use std::io::Write as _;
-    let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(stdout, "{line}");
 }

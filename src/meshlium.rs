@@ -13,8 +13,8 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-use crate::config::io_reason;
 use crate::error::{Error, Exit, Result};
+use crate::sys::io_reason;
 
 // ---------------------------------------------------------------------------
 // PHP date()

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Exit, Result};
-use crate::run::Summary;
+use crate::summary::Summary;
 
 /// Escapes a label value for the text format.
 fn label(v: &str) -> String {
@@ -125,7 +125,7 @@ pub fn write(path: &Path, db: &str, mask: i64, s: &Summary) -> Result<()> {
             format!(
                 "cannot write metrics file {}: {}",
                 path.display(),
-                crate::config::io_reason(&e)
+                crate::sys::io_reason(&e)
             ),
         )
     };

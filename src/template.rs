@@ -98,7 +98,7 @@ fn meshlium_token(s: &str, host: &str) -> Option<Result<(Part, usize), String>> 
 impl Template {
     /// A topic template.
     pub fn parse(s: &str) -> Result<Template, String> {
-        Template::parse_as(s, Kind::Topic, &crate::config::hostname())
+        Template::parse_as(s, Kind::Topic, &crate::sys::hostname())
     }
 
     /// A template of the given kind; `host` stands for `#MESHLIUM#`.

@@ -73,8 +73,8 @@ impl Tls {
 #[cfg(feature = "tls")]
 mod imp {
     use super::*;
-    use crate::config::io_reason;
     use crate::error::Exit;
+    use crate::sys::io_reason;
 
     /// Where a system's CA bundle usually is (Debian/Ubuntu, Fedora/RHEL,
     /// openSUSE, Alpine and the BSDs).
@@ -270,10 +270,35 @@ mod imp {
         io.get_ref()?.downcast_ref::<rustls::Error>()
     }
 
+    /// The same for rumqttc's MQTT 5 client, whose errors are types of
+    /// their own around the same TLS error.
+    fn rustls_error_v5(e: &rumqttc::v5::ConnectionError) -> Option<&rustls::Error> {
+        use rumqttc::v5::{ConnectionError, StateError, TlsError};
+        let io = match e {
+            ConnectionError::Tls(TlsError::TLS(r)) => return Some(r),
+            ConnectionError::Tls(TlsError::Io(io))
+            | ConnectionError::Io(io)
+            | ConnectionError::MqttState(StateError::Io(io))
+            | ConnectionError::MqttState(StateError::Deserialization(
+                rumqttc::v5::mqttbytes::Error::Io(io),
+            )) => io,
+            _ => return None,
+        };
+        io.get_ref()?.downcast_ref::<rustls::Error>()
+    }
+
+    /// [`handshake_failure`] for the MQTT 5 client.
+    pub fn handshake_failure_v5(e: &rumqttc::v5::ConnectionError, broker: &str) -> Option<Error> {
+        rustls_error_v5(e).map(|r| describe(r, broker))
+    }
+
     /// One line, and the exit status, for a TLS failure while connecting.
     pub fn handshake_failure(e: &rumqttc::ConnectionError, broker: &str) -> Option<Error> {
+        rustls_error(e).map(|r| describe(r, broker))
+    }
+
+    fn describe(r: &rustls::Error, broker: &str) -> Error {
         use rustls::{AlertDescription as A, CertificateError as C};
-        let r = rustls_error(e)?;
         let (exit, why) = match r {
             rustls::Error::InvalidCertificate(c) => (
                 Exit::Unavailable,
@@ -325,14 +350,19 @@ mod imp {
                 format!("the TLS handshake failed: {other}"),
             ),
         };
-        Some(Error::new(exit, format!("TLS to {broker}: {why}")))
+        Error::new(exit, format!("TLS to {broker}: {why}"))
     }
 }
 
 #[cfg(feature = "tls")]
-pub use imp::handshake_failure;
+pub use imp::{handshake_failure, handshake_failure_v5};
 
 #[cfg(not(feature = "tls"))]
 pub fn handshake_failure(_e: &rumqttc::ConnectionError, _broker: &str) -> Option<Error> {
+    None
+}
+
+#[cfg(not(feature = "tls"))]
+pub fn handshake_failure_v5(_e: &rumqttc::v5::ConnectionError, _broker: &str) -> Option<Error> {
     None
 }

@@ -195,11 +195,18 @@ fn a_link_cut_at_random_points_never_marks_an_undelivered_row_and_reruns_deliver
             "seed {}, cut at {cut_at}: exit {code}: {run:#?}",
             rng.seed
         );
+        let j = run.json();
+        // A cut that hit the flush ends the run (75) or makes it reconnect
+        // and go on with the messages in doubt one at a time.
         if code == 75 {
-            figures.failed_runs += 1;
             assert_eq!(run.stderr.lines().count(), 1, "seed {}: {run:#?}", rng.seed);
         }
-        let j = run.json();
+        if code == 75 || j["reconnects"].as_u64() > Some(0) {
+            figures.failed_runs += 1;
+        }
+        // A cut at a byte count says nothing against any message: none is
+        // charged.
+        assert_eq!(j["failed"], 0, "seed {}: {run:#?}", rng.seed);
         assert_eq!(j["exit_code"], code, "the summary tells the exit status");
         assert_eq!(
             j["marked"].as_u64().unwrap() as usize,

@@ -168,15 +168,11 @@ pub trait Source {
     /// The query plan of the unsent-row selection, for tests and `-d`.
     fn selection_plan(&self) -> Result<String>;
 
-    // Used by the MQTT session (the protocol a broker accepted) and the
-    // MySQL high-water mark, both on their way.
-    #[allow(dead_code)]
     /// A value of frameflush's own state (the high-water mark, the MQTT
     /// protocol a broker accepted, …), `None` when never set. Keys are
     /// chosen by the caller; one that depends on the destination names it.
     fn state(&self, key: &str) -> Result<Option<String>>;
 
-    #[allow(dead_code)]
     /// Sets a value of frameflush's own state, creating its table when
     /// missing.
     fn set_state(&mut self, key: &str, value: &str) -> Result<()>;

@@ -1106,7 +1106,7 @@ fn mysql_error(db: &MysqlDb, what: &str, e: &mysql::Error) -> Error {
                 Exit::TempFail,
                 format!("cannot {what} {where_}: the server did not answer in time"),
             ),
-            kind => unreachable_line(db, what, &where_, &crate::config::io_reason(io), kind),
+            kind => unreachable_line(db, what, &where_, &crate::sys::io_reason(io), kind),
         },
         other => Error::new(Exit::IoErr, format!("cannot {what} {where_}: {other}")),
     }

@@ -23,10 +23,11 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use super::{Failure, LastRun, Mode, Source};
-use crate::config::{Target, io_reason};
+use crate::config::Target;
 use crate::error::{Error, Exit, Result};
 use crate::lock::RunLock;
 use crate::row::{Field, Row};
+use crate::sys::io_reason;
 
 /// Meshlium's table as SQLite spells it.
 pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS sensorParser (

@@ -23,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
+pub mod fake_mqtt;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_frameflush");
 
 /// Meshlium's table, as the producer (not frameflush) creates it.
@@ -90,7 +92,7 @@ impl TestEnv {
     /// The binary with a cleared environment, run in the test directory.
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(BIN);
-        cmd.args(args)
+        cmd.args(with_protocol(args))
             .env_clear()
             .current_dir(&self.dir)
             .stdin(Stdio::null());
@@ -110,7 +112,7 @@ impl TestEnv {
         use std::os::unix::fs::PermissionsExt as _;
         if euid() != 0 {
             let mut cmd = Command::new(BIN);
-            cmd.args(args)
+            cmd.args(with_protocol(args))
                 .env_clear()
                 .current_dir(&self.dir)
                 .stdin(Stdio::null());
@@ -125,7 +127,7 @@ impl TestEnv {
         let mut cmd = Command::new("setpriv");
         cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
             .arg(BIN)
-            .args(args)
+            .args(with_protocol(args))
             .env_clear()
             .current_dir(&self.dir)
             .stdin(Stdio::null());
@@ -145,6 +147,26 @@ impl Drop for TestEnv {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The arguments, with `-V VERSION` added to a `flush` that chose no MQTT
+/// version when the tests run with `FRAMEFLUSH_TEST_PROTOCOL=VERSION`:
+/// `scripts/test` runs the suite once more so, to show that everything
+/// holds under MQTT 3.1.1 as under the default (`auto`, which is MQTT 5
+/// against mosquitto).
+pub fn with_protocol<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Vec<std::ffi::OsString> {
+    let mut out: Vec<std::ffi::OsString> = args.iter().map(|a| a.as_ref().to_owned()).collect();
+    let Some(version) = std::env::var_os("FRAMEFLUSH_TEST_PROTOCOL") else {
+        return out;
+    };
+    let chose = out
+        .iter()
+        .any(|a| a == "-V" || a == "--protocol-version" || a == "--config");
+    if out.first().is_some_and(|a| a == "flush") && !chose {
+        out.insert(1, "-V".into());
+        out.insert(2, version);
+    }
+    out
 }
 
 /// Inserts `n` realistic rows with the given sync value.

@@ -1,0 +1,211 @@
+//! Rows into messages: the chunks a run selects (within `--batch`, what
+//! `--limit` leaves, and whole Waspmote frames with `--group frame`), the
+//! rendering of rows into messages (one per row, or one per frame) with
+//! `--max-payload`, and the record of rows that cannot become a message.
+//! `run` (dry runs) and `drain` (publishing) both use it.
+
+use std::collections::VecDeque;
+
+use crate::config::{Config, Group, Log};
+use crate::error::Result;
+use crate::row::{Column, Field, Row};
+use crate::session::{Message, Rows};
+use crate::source::Source;
+use crate::summary::Summary;
+use crate::template::{FRAME_COLUMNS, PayloadFormat, RowError, check_reading, frame_json};
+
+/// At most this many rows that cannot become a message are named on stderr
+/// per run; the rest are counted.
+pub const MAX_ROW_ERRORS_SHOWN: u64 = 10;
+
+/// Chunk size for the next SELECT, within `--batch` and what `--limit`
+/// leaves.
+pub fn next_chunk(cfg: &Config, selected: u64) -> usize {
+    match cfg.limit {
+        Some(limit) => (limit.saturating_sub(selected)).min(cfg.batch as u64) as usize,
+        None => cfg.batch,
+    }
+}
+
+/// A payload within `--max-payload`, or why not.
+fn within_limit(cfg: &Config, payload: Vec<u8>) -> Result<Vec<u8>, RowError> {
+    if payload.len() > cfg.max_payload {
+        return Err(RowError(format!(
+            "payload of {} bytes exceeds --max-payload {}",
+            payload.len(),
+            cfg.max_payload
+        )));
+    }
+    Ok(payload)
+}
+
+/// The rows of a chunk cut into Waspmote frames: runs of consecutive rows
+/// that share id_wasp, id_secret, frame_type, frame_number and timestamp. A
+/// sensor seen twice starts a new message (a JSON object holds one value
+/// per key).
+pub fn split_frames(rows: Vec<Row>) -> Vec<Vec<Row>> {
+    let mut frames: Vec<Vec<Row>> = Vec::new();
+    for row in rows {
+        let same = frames.last().is_some_and(|f: &Vec<Row>| {
+            FRAME_COLUMNS.iter().all(|&c| f[0].get(c) == row.get(c))
+                && !f
+                    .iter()
+                    .any(|r| r.get(Column::Sensor) == row.get(Column::Sensor))
+        });
+        match frames.last_mut() {
+            Some(f) if same => f.push(row),
+            _ => frames.push(vec![row]),
+        }
+    }
+    frames
+}
+
+/// With `--group frame`, a full chunk may end inside a frame: its last
+/// frame is left for the next SELECT (unless it is the only one: a frame
+/// larger than `--batch` rows is split). Returns the rows to take now.
+fn hold_back(cfg: &Config, mut rows: Vec<Row>, full: bool) -> Vec<Row> {
+    if cfg.group != Group::Frame || !full {
+        return rows;
+    }
+    let Some(last) = rows.last() else { return rows };
+    let key: Vec<Field> = FRAME_COLUMNS.iter().map(|&c| last.get(c).clone()).collect();
+    let start = rows
+        .iter()
+        .rposition(|r| FRAME_COLUMNS.iter().zip(&key).any(|(&c, k)| r.get(c) != k))
+        .map_or(0, |i| i + 1);
+    if start > 0 {
+        rows.truncate(start);
+    }
+    rows
+}
+
+/// The next rows to send after `after`: at most a chunk, within what
+/// `--limit` leaves, whole frames only with `--group frame`.
+pub struct Chunk {
+    pub rows: Vec<Row>,
+    /// The table may hold more rows after these.
+    pub more: bool,
+}
+
+pub fn next_rows(cfg: &Config, db: &dyn Source, after: i64, selected: u64) -> Result<Chunk> {
+    let want = next_chunk(cfg, selected);
+    if want == 0 {
+        return Ok(Chunk {
+            rows: Vec::new(),
+            more: false,
+        });
+    }
+    let rows = db.select_unsent(after, want)?;
+    let full = rows.len() == want;
+    let got = rows.len();
+    let rows = hold_back(cfg, rows, full);
+    if cfg.group == Group::Frame && full && rows.len() == got && want < cfg.batch {
+        // --limit cut this chunk short inside what may be one frame: the
+        // frame waits for the next run rather than go out in halves.
+        return Ok(Chunk {
+            rows: Vec::new(),
+            more: false,
+        });
+    }
+    Ok(Chunk { rows, more: full })
+}
+
+/// Renders rows into messages (one per row, or one per frame); rows that
+/// cannot become one are counted, named on stderr, stay unsent, and are
+/// returned with the reason.
+pub fn render(
+    cfg: &Config,
+    rows: Vec<Row>,
+    summary: &mut Summary,
+    out: &mut VecDeque<Message>,
+) -> Vec<(i64, String)> {
+    let mut failed = Vec::new();
+    let mut fail = |id: i64, why: RowError, summary: &mut Summary| {
+        summary.failed += 1;
+        if !cfg.log.quiet && summary.failed <= MAX_ROW_ERRORS_SHOWN {
+            eprintln!("frameflush: row {id} not sent: {why}");
+        }
+        failed.push((id, why.0));
+    };
+    match cfg.group {
+        Group::Row => {
+            for row in rows {
+                let made = cfg.topic.render(&row).and_then(|topic| {
+                    let payload = within_limit(cfg, cfg.payload.render(&row)?)?;
+                    Ok(Message {
+                        rows: Rows::One(row.id),
+                        topic,
+                        payload,
+                        json: cfg.payload == PayloadFormat::Json,
+                    })
+                });
+                match made {
+                    Ok(m) => out.push_back(m),
+                    Err(why) => fail(row.id, why, summary),
+                }
+            }
+        }
+        Group::Frame => {
+            for frame in split_frames(rows) {
+                let (good, bad): (Vec<Row>, Vec<Row>) =
+                    frame.into_iter().partition(|r| check_reading(r).is_ok());
+                for row in bad {
+                    if let Err(why) = check_reading(&row) {
+                        fail(row.id, why, summary);
+                    }
+                }
+                if good.is_empty() {
+                    continue;
+                }
+                let made = cfg.topic.render(&good[0]).and_then(|topic| {
+                    let payload = within_limit(cfg, frame_json(&good)?)?;
+                    Ok((topic, payload))
+                });
+                match made {
+                    Ok((topic, payload)) => out.push_back(Message {
+                        rows: Rows::Frame(good.iter().map(|r| r.id).collect()),
+                        topic,
+                        payload,
+                        json: true,
+                    }),
+                    Err(why) => {
+                        for row in &good {
+                            fail(row.id, why.clone(), summary);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    failed
+}
+
+/// Renders a chunk and records its failures (quarantining rows that reached
+/// `--max-attempts`). Returns the ids of the rows that failed.
+pub fn render_and_record(
+    cfg: &Config,
+    db: &mut dyn Source,
+    rows: Vec<Row>,
+    summary: &mut Summary,
+    out: &mut VecDeque<Message>,
+) -> Result<Vec<i64>> {
+    let failed = render(cfg, rows, summary, out);
+    let quarantined = db.record_failures(&failed, cfg.max_attempts)?;
+    if quarantined > 0 && !cfg.log.quiet {
+        eprintln!(
+            "frameflush: {quarantined} row(s) failed {} time(s) and are quarantined: see `frameflush failures`",
+            cfg.max_attempts
+        );
+    }
+    summary.quarantined += quarantined;
+    Ok(failed.into_iter().map(|(id, _)| id).collect())
+}
+
+pub fn chunk_log(log: Log, summary: &Summary, rows: usize) {
+    if log.verbose && rows > 0 {
+        eprintln!(
+            "frameflush: selected {rows} row(s) ({} so far, {} published, {} acknowledged, {} marked)",
+            summary.selected, summary.published, summary.acknowledged, summary.marked
+        );
+    }
+}

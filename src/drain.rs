@@ -1,0 +1,882 @@
+//! The publishing half of a run: connect, isolate suspects, keep the window
+//! full, mark what the broker accepted, record what it refused, and stop at
+//! the first sign that the connection is gone.
+//!
+//! [`Drain`] holds the run's moving parts and has one method per event:
+//! `refill` (the next chunk from the source), `fill_window`, `on_ack`,
+//! `on_refusal`, `on_broken` (the connection ended), `on_ack_timeout`, and
+//! `mark`. It sees the source through [`Source`] and the broker through
+//! [`Session`]: which database and which MQTT version are underneath is not
+//! its business.
+//!
+//! Suspects: when a connection dies (or PUBACKs stop coming) with messages
+//! in flight, the oldest unacknowledged message may be the one that killed
+//! it (over the broker's packet size limit, refused by an ACL that resets
+//! the connection). Its first row id is kept in the source's state. The next
+//! run sends each suspect alone, before opening the window, and waits for
+//! its PUBACK: accepted, it is marked and forgiven; if the connection dies
+//! again, or no PUBACK comes within `--ack-timeout`, the message is charged
+//! an attempt (quarantined at `--max-attempts`), and the run reconnects and
+//! goes on with the rest. A suspect is tried alone at most once per run, so
+//! one bad message costs one connection per run, never the backlog.
+
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::batch::{
+    Chunk, MAX_ROW_ERRORS_SHOWN, chunk_log, next_rows, render_and_record, split_frames,
+};
+use crate::config::{Config, Group, Log};
+use crate::error::{Error, Exit, Result};
+use crate::session::reason::Verdict;
+use crate::session::{Blame, Broken, Message, Options, Polled, Refusal, Rows, Session, Unsent};
+use crate::source::Source;
+use crate::summary::Summary;
+
+/// Acknowledged rows are marked at least this often, however slow the link.
+const MARK_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the DISCONNECT may take to go out. With it, a run lasts at most
+/// `--max-time` + `--ack-timeout` + this (50 + 5 + 1 s by default: under
+/// cron's minute).
+const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
+/// Suspects remembered per destination at most, and tried alone per run.
+const MAX_SUSPECTS: usize = 8;
+
+/// The one-line progress display: only on a terminal, only for runs that
+/// last over a second, redrawn four times a second, erased at the end.
+struct Progress {
+    enabled: bool,
+    shown: bool,
+    last: Instant,
+    /// Rows left when first shown, and rows acknowledged by then.
+    base: Option<(u64, u64)>,
+}
+
+impl Progress {
+    fn new(log: Log) -> Progress {
+        use std::io::IsTerminal as _;
+        Progress {
+            enabled: !log.quiet && std::io::stderr().is_terminal(),
+            shown: false,
+            last: Instant::now(),
+            base: None,
+        }
+    }
+
+    fn tick(&mut self, db: &dyn Source, summary: &Summary, start: Instant) {
+        if !self.enabled
+            || start.elapsed() < Duration::from_secs(1)
+            || self.last.elapsed() < Duration::from_millis(250)
+        {
+            return;
+        }
+        self.last = Instant::now();
+        let (left_then, marked_then) = *self
+            .base
+            .get_or_insert_with(|| (db.backlog().unwrap_or(0), summary.marked));
+        let left = left_then.saturating_sub(summary.marked - marked_then);
+        let rate = summary.marked as f64 / start.elapsed().as_secs_f64();
+        eprint!(
+            "\r\x1b[Kframeflush: {} sent, {rate:.0}/s, {left} left",
+            summary.marked
+        );
+        self.shown = true;
+    }
+
+    fn finish(&self) {
+        if self.shown {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
+/// The state key of this destination's suspects: their first row ids.
+fn suspects_key(mask: i64) -> String {
+    format!("suspects:{mask}")
+}
+
+/// The state key of the protocol a broker was last reached with.
+fn protocol_key(cfg: &Config) -> String {
+    format!("protocol:{}:{}", cfg.broker.host, cfg.broker.port)
+}
+
+/// The state key `status` reads: the protocol this destination's last
+/// connection used, and to which broker.
+pub fn last_protocol_key(mask: i64) -> String {
+    format!("last-protocol:{mask}")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// How one message sent alone ended.
+enum Alone {
+    Accepted(Rows),
+    Refused(Refusal),
+    TooLarge(Message, String),
+    /// The connection died, or no PUBACK came in time: the message is
+    /// charged; `why` goes to the failure ledger.
+    Charged {
+        rows: Rows,
+        why: String,
+        error: Error,
+    },
+}
+
+pub struct Drain<'a> {
+    cfg: &'a Config,
+    db: &'a mut dyn Source,
+    summary: &'a mut Summary,
+    start: Instant,
+    publish_deadline: Instant,
+    queue: VecDeque<Message>,
+    more: bool,
+    after: i64,
+    /// Acknowledged and not yet marked.
+    acked: Vec<i64>,
+    oldest_unmarked_ack: Option<Instant>,
+    /// Refused by the broker, to be recorded with the next marking.
+    refused: Vec<(i64, String)>,
+    last_progress: Instant,
+    progress: Progress,
+    /// PUBLISHes handed over (a frame message carries several rows), for
+    /// `--rate`, counted from `rate_start`.
+    messages: u64,
+    rate_start: Instant,
+    /// A failure after which nothing more is published, but what is in
+    /// flight still gets --ack-timeout to be acknowledged and marked, and
+    /// when it came.
+    stopped: Option<(Error, Instant)>,
+    /// Rows not to publish again in this run: suspects tried alone, rows
+    /// refused, charged, or that could not become a message.
+    skip: HashSet<i64>,
+    suspects: Vec<i64>,
+    suspects_changed: bool,
+    /// The largest id published so far (first sends count as published,
+    /// later ones as resent).
+    published_high: i64,
+    /// The largest id selected so far: rows selected again after a
+    /// reconnect are not counted twice.
+    high_water: i64,
+    /// After a lost connection, this many messages go out one at a time
+    /// (each waits for its PUBACK before the next), so that no PUBACK is
+    /// lost with the connection and the one the broker chokes on is known.
+    probation: usize,
+    /// Messages sent alone that lost the connection (or got no PUBACK)
+    /// since the last PUBACK: at [`MAX_STRIKES`] the broker or the link, not
+    /// a message, is at fault, and the run ends.
+    strikes: u32,
+    reconnects: u32,
+    /// Messages that lost the connection while alone in flight: charged
+    /// once a later message gets a PUBACK (the broker works, so it was this
+    /// message); else, at the end, kept as suspects.
+    pending_charges: Vec<(Rows, String)>,
+    /// The loss the last pending charge came from: the run's error if
+    /// nothing proves the message guilty before the run ends.
+    unproven: Option<Error>,
+}
+
+/// Messages alone in a row that lose the connection, with no PUBACK in
+/// between, that end a run.
+const MAX_STRIKES: u32 = 2;
+/// New connections a run makes at most after losing one.
+const MAX_RECONNECTS: u32 = 5000;
+
+impl<'a> Drain<'a> {
+    pub fn new(
+        cfg: &'a Config,
+        db: &'a mut dyn Source,
+        summary: &'a mut Summary,
+        start: Instant,
+    ) -> Result<Drain<'a>> {
+        let suspects = match db.state(&suspects_key(cfg.target.sync_mask))? {
+            Some(s) => s.split(' ').filter_map(|id| id.parse().ok()).collect(),
+            None => Vec::new(),
+        };
+        Ok(Drain {
+            cfg,
+            db,
+            summary,
+            start,
+            publish_deadline: start + cfg.max_time,
+            queue: VecDeque::new(),
+            more: true,
+            after: 0,
+            acked: Vec::with_capacity(cfg.batch.min(usize::from(cfg.inflight).max(64) * 4)),
+            oldest_unmarked_ack: None,
+            refused: Vec::new(),
+            last_progress: Instant::now(),
+            progress: Progress::new(cfg.log),
+            messages: 0,
+            rate_start: Instant::now(),
+            stopped: None,
+            skip: HashSet::new(),
+            suspects,
+            suspects_changed: false,
+            high_water: 0,
+            published_high: 0,
+            probation: 0,
+            strikes: 0,
+            reconnects: 0,
+            pending_charges: Vec::new(),
+            unproven: None,
+        })
+    }
+
+    /// Publishes `first` and whatever follows it, until drained, the
+    /// deadline, or the first connection error.
+    pub fn run(mut self, first: Chunk) -> Result<()> {
+        // The caller counted the first chunk.
+        self.high_water = first.rows.last().map_or(0, |r| r.id);
+        self.take(first)?;
+        if self.queue.is_empty() && !self.more {
+            return self.finish(Ok(()), None);
+        }
+        let session = match self.connect() {
+            Ok(s) => s,
+            Err(e) => return self.finish(Err(e), None),
+        };
+        let session = match self.isolate(session) {
+            Ok(s) => s,
+            Err(e) => return self.finish(Err(e), None),
+        };
+        self.rate_start = Instant::now();
+        self.messages = 0;
+        let mut session = session;
+        let result = self.pump(&mut session);
+        self.finish(result, Some(session))
+    }
+
+    /// Adds a chunk the source gave to the queue, but for rows this run
+    /// is done with.
+    fn take(&mut self, chunk: Chunk) -> Result<()> {
+        self.more = chunk.more;
+        let mut rows = chunk.rows;
+        if let Some(last) = rows.last() {
+            self.after = last.id;
+        }
+        if !self.skip.is_empty() {
+            rows.retain(|r| !self.skip.contains(&r.id));
+        }
+        chunk_log(self.cfg.log, self.summary, rows.len());
+        let failed = render_and_record(self.cfg, self.db, rows, self.summary, &mut self.queue)?;
+        self.skip.extend(failed);
+        Ok(())
+    }
+
+    /// Connects, with the protocol remembered for this broker, and
+    /// remembers what was negotiated when it is news.
+    fn connect(&mut self) -> Result<Session> {
+        let cfg = self.cfg;
+        let key = protocol_key(cfg);
+        let remembered = self.db.state(&key)?;
+        let options = Options {
+            broker: &cfg.broker,
+            inflight: cfg.inflight,
+            max_payload: cfg.max_payload,
+            wanted: cfg.protocol,
+            log: cfg.log,
+        };
+        let (session, learned) = Session::connect(&options, remembered.as_deref(), unix_now())?;
+        if let Some(value) = learned {
+            self.db.set_state(&key, &value)?;
+        }
+        let last = format!(
+            "{} {}:{}",
+            session.protocol().short(),
+            cfg.broker.host,
+            cfg.broker.port
+        );
+        let mask_key = last_protocol_key(cfg.target.sync_mask);
+        if self.db.state(&mask_key)?.as_deref() != Some(last.as_str()) {
+            self.db.set_state(&mask_key, &last)?;
+        }
+        self.summary.protocol = Some(session.protocol().short());
+        Ok(session)
+    }
+
+    /// Sends each suspect alone, the first message on its connection,
+    /// before the window opens.
+    fn isolate(&mut self, mut session: Session) -> Result<Session> {
+        let suspects: Vec<i64> = self.suspects.iter().copied().take(MAX_SUSPECTS).collect();
+        for id in suspects {
+            if Instant::now() >= self.publish_deadline {
+                break;
+            }
+            let Some(m) = self.suspect_message(id)? else {
+                self.forgive(id);
+                continue;
+            };
+            if session.published() > 0 {
+                session.goodbye(DISCONNECT_WAIT);
+                session = self.connect()?;
+            }
+            self.skip.extend(m.rows.ids());
+            if self.cfg.log.verbose {
+                eprintln!(
+                    "frameflush: sending the suspected {} alone first",
+                    m.rows.label()
+                );
+            }
+            match self.alone(&mut session, m) {
+                Alone::Accepted(rows) => {
+                    self.forgive(id);
+                    self.on_ack(rows);
+                    self.mark()?;
+                }
+                Alone::Refused(r) => {
+                    self.forgive(id);
+                    self.on_refusal(r);
+                    self.mark()?;
+                    if self.stopped.is_some() {
+                        break;
+                    }
+                }
+                Alone::TooLarge(m, why) => {
+                    self.forgive(id);
+                    self.fail_rows(&m.rows, why)?;
+                }
+                Alone::Charged { rows, why, error } => {
+                    // A suspect already: it made a connection fail before,
+                    // and now again, alone.
+                    let failed: Vec<(i64, String)> =
+                        rows.ids().iter().map(|&i| (i, why.clone())).collect();
+                    self.summary.failed += failed.len() as u64;
+                    if !self.cfg.log.quiet && self.summary.failed <= MAX_ROW_ERRORS_SHOWN {
+                        eprintln!("frameflush: {} not sent: {why}", rows.label());
+                    }
+                    let quarantined = self.db.record_failures(&failed, self.cfg.max_attempts)?;
+                    self.note_quarantined(quarantined);
+                    if quarantined > 0 {
+                        self.forgive(id);
+                    }
+                    self.strikes += 1;
+                    if self.strikes >= MAX_STRIKES {
+                        return Err(error);
+                    }
+                    if self.cfg.log.verbose {
+                        eprintln!("frameflush: {error}; reconnecting for the rest");
+                    }
+                    session.close();
+                    session = self.reconnect(error)?;
+                }
+            }
+        }
+        Ok(session)
+    }
+
+    /// The message a suspect id stands for now, or None when its row was
+    /// delivered, deleted or quarantined meanwhile.
+    fn suspect_message(&mut self, id: i64) -> Result<Option<Message>> {
+        let want = match self.cfg.group {
+            Group::Row => 1,
+            Group::Frame => self.cfg.batch,
+        };
+        let rows = self.db.select_unsent(id - 1, want)?;
+        if rows.first().map(|r| r.id) != Some(id) {
+            return Ok(None);
+        }
+        let rows = match self.cfg.group {
+            Group::Row => rows,
+            Group::Frame => split_frames(rows).into_iter().next().unwrap_or_default(),
+        };
+        self.summary.selected += rows.len() as u64;
+        let mut out = VecDeque::new();
+        let failed = render_and_record(self.cfg, self.db, rows, self.summary, &mut out)?;
+        self.skip.extend(failed);
+        Ok(out.pop_front())
+    }
+
+    /// Publishes one message with nothing else in flight and waits for its
+    /// fate, at most `--ack-timeout`.
+    fn alone(&mut self, session: &mut Session, m: Message) -> Alone {
+        let bytes = session.packet_bytes(&m);
+        let rows = m.rows.clone();
+        let n = rows.ids().len() as u64;
+        match session.publish(m) {
+            Ok(()) => self.summary.published += n,
+            Err(Unsent::TooLarge { message, why }) => return Alone::TooLarge(message, why),
+            Err(Unsent::Failed(error)) => {
+                return Alone::Charged {
+                    rows,
+                    why: "it could not be handed to the MQTT client".into(),
+                    error,
+                };
+            }
+        }
+        let deadline = Instant::now() + self.cfg.ack_timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match session.poll(left) {
+                Ok(Polled::Acked(rows)) => return Alone::Accepted(rows),
+                Ok(Polled::Refused(r)) => return Alone::Refused(r),
+                Ok(Polled::Other) => {}
+                Ok(Polled::Idle) if left.is_zero() => {
+                    return Alone::Charged {
+                        rows,
+                        why: format!(
+                            "the broker did not acknowledge this message ({bytes} bytes) within --ack-timeout, sent alone (above the broker's packet size limit? refused by its ACL?)"
+                        ),
+                        error: Error::new(
+                            Exit::TempFail,
+                            "no PUBACK for the suspected message sent alone",
+                        ),
+                    };
+                }
+                Ok(Polled::Idle) => {}
+                Err(Broken { error, blame, .. }) => {
+                    let why = match blame {
+                        Blame::Message { why, .. } => why,
+                        _ => format!(
+                            "the broker closed the connection on this message ({bytes} bytes: above the broker's packet size limit? refused by its ACL?)"
+                        ),
+                    };
+                    return Alone::Charged { rows, why, error };
+                }
+            }
+        }
+    }
+
+    /// The window loop.
+    fn pump(&mut self, session: &mut Session) -> Result<()> {
+        loop {
+            let now = Instant::now();
+            let mut publishing = now < self.publish_deadline && self.stopped.is_none();
+            if publishing
+                && self.queue.is_empty()
+                && self.more
+                && let Err(e) = self.refill()
+            {
+                self.stopped = Some((e, now));
+                publishing = false;
+            }
+            let rate_wait = if publishing {
+                self.fill_window(session)?
+            } else {
+                None
+            };
+            let nothing_left = self.queue.is_empty() && !self.more;
+            if session.in_flight() == 0 && (nothing_left || !publishing) {
+                return Ok(());
+            }
+            let ack_deadline = self.ack_deadline(publishing);
+            let mut wake = ack_deadline;
+            if publishing && !self.queue.is_empty() {
+                wake = wake.min(self.publish_deadline);
+            }
+            if let Some(t) = self.oldest_unmarked_ack {
+                wake = wake.min(t + MARK_INTERVAL);
+            }
+            if let Some(due) = rate_wait {
+                wake = wake.min(due);
+            }
+            match session.poll(wake.saturating_duration_since(Instant::now())) {
+                Ok(Polled::Acked(rows)) => self.on_ack(rows),
+                Ok(Polled::Refused(r)) => self.on_refusal(r),
+                Ok(Polled::Other) => {}
+                Ok(Polled::Idle) => {
+                    if session.in_flight() > 0 && Instant::now() >= ack_deadline {
+                        let broken = self.ack_timeout(session);
+                        self.on_lost(session, broken)?;
+                    }
+                }
+                Err(broken) => self.on_lost(session, broken)?,
+            }
+            self.progress.tick(&*self.db, self.summary, self.start);
+            let due = self
+                .oldest_unmarked_ack
+                .is_some_and(|t| t.elapsed() >= MARK_INTERVAL);
+            if self.acked.len() >= self.cfg.batch || due {
+                self.mark()?;
+            }
+        }
+    }
+
+    /// Once publishing has stopped, what is in flight gets --ack-timeout.
+    fn ack_deadline(&self, publishing: bool) -> Instant {
+        let stopped_at = match &self.stopped {
+            Some((_, at)) => Some(*at),
+            None if !publishing => Some(self.publish_deadline),
+            None => None,
+        };
+        let idle = self.last_progress + self.cfg.ack_timeout;
+        match stopped_at {
+            None => idle,
+            Some(at) => idle.min(at + self.cfg.ack_timeout),
+        }
+    }
+
+    /// The next chunk from the source, once the current one has gone out.
+    fn refill(&mut self) -> Result<()> {
+        let chunk = next_rows(self.cfg, &*self.db, self.after, self.summary.selected)?;
+        let fresh = chunk.rows.iter().filter(|r| r.id > self.high_water).count();
+        self.summary.selected += fresh as u64;
+        if let Some(last) = chunk.rows.last() {
+            self.high_water = self.high_water.max(last.id);
+        }
+        self.take(chunk)
+    }
+
+    /// Hands messages to the session up to its window, no faster than
+    /// `--rate`. Returns when the rate lets the next one go, if it held one
+    /// back.
+    fn fill_window(&mut self, session: &mut Session) -> Result<Option<Instant>> {
+        let window = if self.probation > 0 {
+            1
+        } else {
+            session.window()
+        };
+        while session.in_flight() < window {
+            if let Some(r) = self.cfg.rate {
+                let due = self.rate_start + Duration::from_secs_f64(self.messages as f64 / r);
+                if Instant::now() < due {
+                    return Ok(Some(due));
+                }
+            }
+            let Some(m) = self.queue.pop_front() else {
+                break;
+            };
+            if !self.skip.is_empty() && m.rows.ids().iter().any(|id| self.skip.contains(id)) {
+                continue;
+            }
+            if session.in_flight() == 0 {
+                self.last_progress = Instant::now();
+            }
+            let rows = m.rows.ids().len() as u64;
+            let first_id = m.rows.ids().first().copied().unwrap_or_default();
+            let last_id = m.rows.ids().last().copied().unwrap_or_default();
+            match session.publish(m) {
+                Ok(()) => {
+                    // Rows go out in id order: one at or below the highest
+                    // published is sent again after a lost connection.
+                    if first_id <= self.published_high {
+                        self.summary.resent += rows;
+                    } else {
+                        self.summary.published += rows;
+                        self.published_high = last_id;
+                    }
+                    self.messages += 1;
+                }
+                Err(Unsent::TooLarge { message, why }) => self.fail_rows(&message.rows, why)?,
+                Err(Unsent::Failed(e)) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// A PUBACK, of either kind: the broker works.
+    fn answered(&mut self) {
+        self.strikes = 0;
+        self.probation = self.probation.saturating_sub(1);
+        self.unproven = None;
+        if !self.pending_charges.is_empty() {
+            for (rows, why) in std::mem::take(&mut self.pending_charges) {
+                self.summary.failed += rows.ids().len() as u64;
+                if !self.cfg.log.quiet && self.summary.failed <= MAX_ROW_ERRORS_SHOWN {
+                    eprintln!("frameflush: {} not sent: {why}", rows.label());
+                }
+                self.refused
+                    .extend(rows.ids().iter().map(|&id| (id, why.clone())));
+            }
+        }
+    }
+
+    fn on_ack(&mut self, rows: Rows) {
+        self.answered();
+        self.summary.acknowledged += rows.ids().len() as u64;
+        self.last_progress = Instant::now();
+        self.acked.extend_from_slice(rows.ids());
+        self.oldest_unmarked_ack.get_or_insert(self.last_progress);
+    }
+
+    /// The broker refused a message (MQTT 5 reason code ≥ 0x80): it stays
+    /// unsent and is recorded; the run goes on, unless the broker wants no
+    /// more now.
+    fn on_refusal(&mut self, r: Refusal) {
+        self.answered();
+        self.skip.extend(r.rows.ids());
+        self.last_progress = Instant::now();
+        let n = r.rows.ids().len() as u64;
+        self.summary.refused += n;
+        let why = r.why();
+        match r.verdict {
+            Verdict::Refused(exit) => {
+                // One error line at the end sums the refusals up; -v names
+                // each.
+                if self.cfg.log.verbose {
+                    eprintln!("frameflush: {} not sent: {why}", r.rows.label());
+                }
+                self.summary
+                    .refusal(exit, || format!("{}: {}", r.rows.label(), why));
+                self.refused
+                    .extend(r.rows.ids().iter().map(|&id| (id, why.clone())));
+            }
+            Verdict::Accepted | Verdict::Stop => {
+                if self.stopped.is_none() {
+                    self.stopped = Some((
+                        Error::new(
+                            Exit::TempFail,
+                            format!(
+                                "broker {}:{} answered {} for {} (topic {}): it takes no more for now; publishing stopped, the rest waits for the next run",
+                                self.cfg.broker.host,
+                                self.cfg.broker.port,
+                                crate::session::reason::describe(r.code, r.reason.as_deref()),
+                                r.rows.label(),
+                                r.topic
+                            ),
+                        ),
+                        Instant::now(),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// No PUBACK within --ack-timeout, with messages in flight.
+    fn ack_timeout(&self, session: &Session) -> Broken {
+        let oldest = session.oldest_in_flight();
+        let error = Error::new(
+            Exit::TempFail,
+            format!(
+                "{} PUBLISH(es) not acknowledged within --ack-timeout {} s; they stay unsent{}",
+                session.in_flight(),
+                self.cfg.ack_timeout.as_secs_f64(),
+                oldest
+                    .as_ref()
+                    .map_or(String::new(), |(rows, bytes)| format!(
+                        " (the oldest: {}, {bytes} bytes)",
+                        rows.label()
+                    ))
+            ),
+        );
+        let blame = match oldest {
+            Some((rows, bytes)) => Blame::Suspect { rows, bytes },
+            None => Blame::Nobody,
+        };
+        Broken {
+            error,
+            blame,
+            retry: true,
+            after_refusal: false,
+        }
+    }
+
+    /// The connection ended, or went silent, with messages in flight. What
+    /// was acknowledged is marked; a message the broker's DISCONNECT named
+    /// is charged; one that was alone in flight is charged once a later one
+    /// gets through. Then, if the broker has been answering in this run and
+    /// this is not the second loss in a row, a new connection sends the
+    /// messages in doubt one at a time and the run goes on; else the run
+    /// ends and the oldest message in doubt becomes a suspect for the next.
+    fn on_lost(&mut self, session: &mut Session, broken: Broken) -> Result<()> {
+        let Broken {
+            error,
+            blame,
+            retry,
+            after_refusal,
+        } = broken;
+        let in_doubt = session.in_doubt();
+        self.mark()?;
+        if let Blame::Message { rows, why } = &blame {
+            self.skip.extend(rows.ids());
+            self.summary.refused += rows.ids().len() as u64;
+            self.refused
+                .extend(rows.ids().iter().map(|&id| (id, why.clone())));
+        } else if let [(rows, bytes)] = in_doubt.as_slice()
+            && !after_refusal
+            && session.published() == 1
+        {
+            // A probe failed: a message alone, the first on its connection,
+            // lost it. (Not the first: the link may die at that point of
+            // every connection; it goes first on the next one.)
+            self.strikes += 1;
+            self.skip.extend(rows.ids());
+            self.pending_charges.push((
+                rows.clone(),
+                format!(
+                    "the broker closed the connection on this message, or did not acknowledge it, sent alone ({bytes} bytes: above the broker's packet size limit? refused by its ACL?)"
+                ),
+            ));
+            self.unproven = Some(error.clone());
+        }
+        let unresolved: Vec<&Rows> = in_doubt
+            .iter()
+            .map(|(rows, _)| rows)
+            .filter(|rows| !rows.ids().iter().any(|id| self.skip.contains(id)))
+            .collect();
+        if !retry
+            || self.strikes >= MAX_STRIKES
+            || self.reconnects >= MAX_RECONNECTS
+            || Instant::now() >= self.publish_deadline
+        {
+            if let Some(rows) = unresolved.first() {
+                let rows = (*rows).clone();
+                self.suspect(&rows);
+            }
+            return Err(error);
+        }
+        // Start again from the oldest message in doubt (or the next one
+        // queued): rows marked meanwhile are not selected again, rows this
+        // run is done with are skipped.
+        let restart = unresolved
+            .first()
+            .and_then(|r| r.ids().first().copied())
+            .or_else(|| {
+                self.queue
+                    .front()
+                    .and_then(|m| m.rows.ids().first().copied())
+            });
+        if let Some(id) = restart {
+            self.after = self.after.min(id - 1);
+            self.queue.clear();
+            self.more = true;
+        }
+        // A probation under way goes on: the messages it had still to
+        // send one at a time are among those selected again.
+        self.probation = self.probation.max(unresolved.len());
+        if self.cfg.log.verbose {
+            eprintln!(
+                "frameflush: {error}; reconnecting, then {} message(s) in doubt go one at a time",
+                self.probation
+            );
+        }
+        session.close();
+        *session = self.reconnect(error)?;
+        Ok(())
+    }
+
+    /// A new connection after `lost`; if it cannot be had, the run ends with
+    /// both reasons.
+    fn reconnect(&mut self, lost: Error) -> Result<Session> {
+        self.reconnects += 1;
+        self.summary.reconnects += 1;
+        self.last_progress = Instant::now();
+        self.connect().map_err(|e| {
+            Error::new(
+                lost.exit,
+                format!("{}; reconnecting failed: {}", lost.message, e.message),
+            )
+        })
+    }
+
+    fn suspect(&mut self, rows: &Rows) {
+        let Some(&id) = rows.ids().first() else {
+            return;
+        };
+        if !self.suspects.contains(&id) {
+            self.suspects.push(id);
+            if self.suspects.len() > MAX_SUSPECTS {
+                self.suspects.remove(0);
+            }
+            self.suspects_changed = true;
+        }
+    }
+
+    fn forgive(&mut self, id: i64) {
+        if let Some(i) = self.suspects.iter().position(|&s| s == id) {
+            self.suspects.remove(i);
+            self.suspects_changed = true;
+        }
+    }
+
+    /// Rows whose message cannot go out on this connection (over the
+    /// broker's Maximum Packet Size): failed now, never sent.
+    fn fail_rows(&mut self, rows: &Rows, why: String) -> Result<()> {
+        self.summary.failed += rows.ids().len() as u64;
+        if !self.cfg.log.quiet && self.summary.failed <= MAX_ROW_ERRORS_SHOWN {
+            eprintln!("frameflush: {} not sent: {why}", rows.label());
+        }
+        let failed: Vec<(i64, String)> = rows.ids().iter().map(|&id| (id, why.clone())).collect();
+        let quarantined = self.db.record_failures(&failed, self.cfg.max_attempts)?;
+        self.note_quarantined(quarantined);
+        Ok(())
+    }
+
+    fn note_quarantined(&mut self, quarantined: u64) {
+        if quarantined > 0 && !self.cfg.log.quiet {
+            eprintln!(
+                "frameflush: {quarantined} row(s) failed {} time(s) and are quarantined: see `frameflush failures`",
+                self.cfg.max_attempts
+            );
+        }
+        self.summary.quarantined += quarantined;
+    }
+
+    /// Marks what was acknowledged and records what was refused.
+    fn mark(&mut self) -> Result<()> {
+        self.oldest_unmarked_ack = None;
+        if !self.refused.is_empty() {
+            let refused = std::mem::take(&mut self.refused);
+            let quarantined = self.db.record_failures(&refused, self.cfg.max_attempts)?;
+            self.note_quarantined(quarantined);
+        }
+        if self.acked.is_empty() {
+            return Ok(());
+        }
+        let n = self.db.mark(&self.acked)?;
+        self.summary.marked += n as u64;
+        if self.cfg.log.verbose {
+            eprintln!(
+                "frameflush: marked {} row(s) sent ({} so far)",
+                self.acked.len(),
+                self.summary.marked
+            );
+        }
+        self.acked.clear();
+        Ok(())
+    }
+
+    /// Whatever was acknowledged is marked, also when the run failed; the
+    /// suspects are saved when they changed; the session says goodbye.
+    fn finish(mut self, result: Result<()>, session: Option<Session>) -> Result<()> {
+        let mut failure = result.err();
+        // What stopped the publishing is the run's error, before any that
+        // came while the window drained.
+        if let Some((e, _)) = self.stopped.take() {
+            failure = Some(e);
+        }
+        if let Err(e) = self.mark() {
+            failure.get_or_insert(e);
+        }
+        // Not proven guilty: tried alone again by the next run, and the run
+        // did not deliver everything.
+        for (rows, _) in std::mem::take(&mut self.pending_charges) {
+            self.suspect(&rows);
+        }
+        if let Some(e) = self.unproven.take() {
+            failure.get_or_insert(e);
+        }
+        if self.suspects_changed {
+            let value = self
+                .suspects
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(" ");
+            if let Err(e) = self
+                .db
+                .set_state(&suspects_key(self.cfg.target.sync_mask), &value)
+            {
+                failure.get_or_insert(e);
+            }
+        }
+        self.progress.finish();
+        if let Some(session) = session {
+            session.disconnect(DISCONNECT_WAIT);
+        }
+        if self.cfg.log.verbose
+            && failure.is_none()
+            && (!self.queue.is_empty() || self.more)
+            && Instant::now() >= self.publish_deadline
+        {
+            eprintln!("frameflush: --max-time reached; the rest waits for the next run");
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,1124 @@
+//! The MQTT session: one clean connection to the broker, a bounded window of
+//! QoS 1 PUBLISHes, and the correlation of each PUBACK with the rows it
+//! acknowledges, written once for both protocol versions.
+//!
+//! What differs between MQTT 3.1.1 and MQTT 5 (rumqttc's client of each, the
+//! size of a PUBLISH on the wire, what a CONNACK, a PUBACK or a DISCONNECT
+//! can say) sits behind the small [`Wire`] trait, implemented in `v311` and
+//! `v5`. [`Session`] owns the rest: the protocol choice (`auto`: MQTT 5
+//! first, 3.1.1 when the broker does not speak 5, the answer remembered by
+//! the caller as an opaque string), the window (at most `--inflight`, and
+//! under MQTT 5 at most the broker's Receive Maximum), the Maximum Packet
+//! Size check before anything is sent, topic aliases, and the blame when a
+//! connection dies: the message the broker's DISCONNECT names, or the oldest
+//! unacknowledged one as a suspect. `run` sees only [`Session`].
+//!
+//! rumqttc's `publish` returns no packet id, so [`Tracker`] follows the
+//! order in which the event loop reports `Outgoing::Publish(pkid)` (or
+//! `Outgoing::AwaitAck(pkid)` when an id is still taken) for the requests
+//! it was handed. The window is kept below rumqttc's request channel
+//! capacity, so `try_publish` never meets a full channel. After any
+//! connection error the session is finished: rumqttc would reconnect by
+//! itself and, with a clean session, silently drop what was queued and in
+//! flight, so those rows stay unsent.
+
+pub mod reason;
+mod v311;
+mod v5;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::config::{Broker, Log};
+use crate::error::{Error, Exit, Result};
+use crate::sys::io_reason;
+use reason::Verdict;
+
+/// How often a broker remembered as 3.1.1-only is asked for MQTT 5 again
+/// (it may have been upgraded): once a day costs one refused CONNECT.
+pub const PROBE_INTERVAL_S: u64 = 24 * 3600;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    V311,
+    V5,
+}
+
+impl Protocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::V311 => "MQTT 3.1.1",
+            Protocol::V5 => "MQTT 5",
+        }
+    }
+    /// As `-V` takes it and as it is remembered.
+    pub fn short(self) -> &'static str {
+        match self {
+            Protocol::V311 => "311",
+            Protocol::V5 => "5",
+        }
+    }
+}
+
+/// `-V/--protocol-version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    /// MQTT 5, falling back to 3.1.1 when the broker does not speak it.
+    Auto,
+    Only(Protocol),
+}
+
+impl Wanted {
+    pub fn parse(s: &str) -> Option<Wanted> {
+        match s {
+            "auto" => Some(Wanted::Auto),
+            "5" | "mqttv5" => Some(Wanted::Only(Protocol::V5)),
+            "311" | "mqttv311" | "3.1.1" => Some(Wanted::Only(Protocol::V311)),
+            _ => None,
+        }
+    }
+}
+
+/// The rows one message carries: one row, or a whole Waspmote frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rows {
+    One(i64),
+    Frame(Vec<i64>),
+}
+
+impl Rows {
+    pub fn ids(&self) -> &[i64] {
+        match self {
+            Rows::One(id) => std::slice::from_ref(id),
+            Rows::Frame(ids) => ids,
+        }
+    }
+    /// "row 7" or "rows 7-9", for error lines.
+    pub fn label(&self) -> String {
+        match self.ids() {
+            [one] => format!("row {one}"),
+            [first, .., last] => format!("rows {first}-{last}"),
+            [] => "no row".to_string(),
+        }
+    }
+}
+
+/// A message ready to go: the rows it carries, its topic and payload.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub rows: Rows,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    /// The payload is JSON: under MQTT 5 it says so (content type
+    /// `application/json`, payload format indicator 1).
+    pub json: bool,
+}
+
+/// What the broker announced in its CONNACK (MQTT 5 only; under 3.1.1
+/// nothing is announced).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    pub receive_max: Option<u16>,
+    pub max_packet_size: Option<u32>,
+    pub topic_alias_max: u16,
+}
+
+/// How a message goes out on this connection: its topic alias, if any, and
+/// whether the topic itself is sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Shape {
+    pub alias: Option<u16>,
+    /// The topic is left out (the alias stands for it).
+    pub alias_only: bool,
+    pub json: bool,
+}
+
+/// The protocol-specific half of a session: rumqttc's client and event loop
+/// of one protocol version, reduced to what [`Session`] needs.
+trait Wire {
+    /// Hands one QoS 1 PUBLISH to rumqttc (never blocks: the channel has
+    /// room for the whole window).
+    fn publish(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        shape: Shape,
+    ) -> std::result::Result<(), String>;
+    /// The next event, waiting at most `wait`.
+    fn next(&mut self, wait: Duration) -> Next;
+    /// Queues a DISCONNECT; false when it could not be queued.
+    fn disconnect(&mut self) -> bool;
+    /// The size on the wire of a QoS 1 PUBLISH of this shape.
+    fn packet_size(&self, topic_len: usize, payload_len: usize, shape: Shape) -> usize;
+    /// A refused PUBACK freed `pkid`, which a collided PUBLISH waits for:
+    /// rumqttc 0.25.1's MQTT 5 state returns before its collision check on
+    /// a failed reason code, so the collided PUBLISH must be sent by hand.
+    fn release_collision(&mut self, _pkid: u16) {}
+}
+
+/// One event, in the terms both protocol versions share.
+#[derive(Debug)]
+enum Event {
+    Publish(u16),
+    AwaitAck(u16),
+    PubAck {
+        pkid: u16,
+        code: u8,
+        reason: Option<String>,
+    },
+    Disconnect,
+    Other,
+}
+
+#[derive(Debug)]
+enum Next {
+    Event(Event),
+    Idle,
+    Failed(Fault),
+    Ended,
+}
+
+/// A connection failure, in the terms both protocol versions share.
+#[derive(Debug)]
+pub enum Fault {
+    /// Nothing listens on the port.
+    TcpRefused,
+    /// The CONNACK refused us, with the (MQTT 5 numbered) code.
+    Connack(u8),
+    /// The broker closed the connection.
+    Closed,
+    /// The broker reset the connection.
+    Reset,
+    /// No answer in time.
+    Timeout,
+    NoPingResp,
+    /// The broker sent DISCONNECT with a reason code.
+    ServerDisconnect {
+        code: u8,
+        reason: Option<String>,
+    },
+    /// The broker sent something that is not MQTT of this version.
+    Garbled(String),
+    /// The TLS handshake failed: the line is ready.
+    Tls(Error),
+    Io(String),
+    Other(String),
+}
+
+impl Fault {
+    fn from_io(e: &std::io::Error) -> Fault {
+        use std::io::ErrorKind as K;
+        match e.kind() {
+            K::ConnectionRefused => Fault::TcpRefused,
+            K::ConnectionReset => Fault::Reset,
+            K::UnexpectedEof | K::ConnectionAborted | K::BrokenPipe => Fault::Closed,
+            K::TimedOut => Fault::Timeout,
+            _ => Fault::Io(io_reason(e)),
+        }
+    }
+
+    /// Whether this answer to an MQTT 5 CONNECT says the broker speaks only
+    /// 3.1.1 (RabbitMQ closes, aedes and amqtt send a 3.1.1 CONNACK that
+    /// rumqttc cannot parse, amqtt with a password stays silent).
+    fn means_no_v5(&self) -> bool {
+        match self {
+            Fault::Closed | Fault::Reset | Fault::Timeout | Fault::Garbled(_) => true,
+            Fault::Connack(code) => reason::connack(*code).1,
+            _ => false,
+        }
+    }
+
+    /// The error line for a failure before the CONNACK.
+    fn connect_error(
+        self,
+        name: &str,
+        broker: &Broker,
+        protocol: Protocol,
+        broker_tried_v5: bool,
+    ) -> Error {
+        let secs = broker.connect_timeout.as_secs_f64();
+        match self {
+            Fault::Tls(e) => e,
+            Fault::TcpRefused => Error::new(
+                Exit::Unavailable,
+                format!(
+                    "broker {name} refused the connection (is it running and listening on that port?)"
+                ),
+            ),
+            Fault::Connack(code) => Error::new(
+                reason::connack(code).0,
+                format!(
+                    "broker {name} refused the connection: {}{}",
+                    reason::describe(code, None),
+                    match (code, protocol) {
+                        (0x85, _) =>
+                            format!(" (client id {:?}: set another with --id)", broker.client_id),
+                        _ => reason::connack_hint(code).to_string(),
+                    }
+                ),
+            ),
+            Fault::Timeout => Error::new(
+                Exit::Unavailable,
+                format!(
+                    "broker {name} did not answer within {secs} s (no CONNACK to the {} CONNECT{}; see --connect-timeout)",
+                    protocol.label(),
+                    if protocol == Protocol::V311 && broker_tried_v5 {
+                        ", nor to an MQTT 5 one"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            Fault::Closed | Fault::Reset => Error::new(
+                Exit::Unavailable,
+                format!(
+                    "broker {name} closed the connection without a CONNACK ({} CONNECT){}",
+                    protocol.label(),
+                    match protocol {
+                        Protocol::V5 => ": does it speak MQTT 5? try --protocol-version 311",
+                        Protocol::V311 =>
+                            ": is that port an MQTT listener, and does it allow this client?",
+                    }
+                ),
+            ),
+            Fault::Garbled(why) => Error::new(
+                Exit::Unavailable,
+                format!(
+                    "broker {name} did not answer the {} CONNECT in that protocol ({why})",
+                    protocol.label()
+                ),
+            ),
+            other => Error::new(
+                Exit::Unavailable,
+                format!("cannot reach broker {name}: {}", other.words()),
+            ),
+        }
+    }
+
+    /// What happened, in a few words, for a failure after the CONNACK.
+    fn words(&self) -> String {
+        match self {
+            Fault::TcpRefused => "the connection was refused".into(),
+            Fault::Connack(code) => format!("refused: {}", reason::describe(*code, None)),
+            Fault::Closed => "the broker closed the connection".into(),
+            Fault::Reset => "the broker reset the connection".into(),
+            Fault::Timeout => "the network timed out".into(),
+            Fault::NoPingResp => "the broker stopped answering pings".into(),
+            Fault::ServerDisconnect { code, reason } => format!(
+                "the broker disconnected with {}",
+                reason::describe(*code, reason.as_deref())
+            ),
+            Fault::Garbled(why) => format!("the broker sent what is not MQTT ({why})"),
+            Fault::Tls(e) => e.message.clone(),
+            Fault::Io(why) | Fault::Other(why) => why.clone(),
+        }
+    }
+}
+
+/// Who is to blame when a connection ends with messages in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Blame {
+    Nobody,
+    /// The broker's DISCONNECT named the oldest message in flight: it is
+    /// charged an attempt.
+    Message {
+        rows: Rows,
+        why: String,
+    },
+    /// The connection died (or PUBACKs stopped) with messages in flight:
+    /// the oldest one is a suspect.
+    Suspect {
+        rows: Rows,
+        bytes: usize,
+    },
+}
+
+/// A session that ended: the run's error line, who is to blame, and
+/// whether a new connection may do better (not after the broker's own
+/// DISCONNECT, a TLS failure or lost packet ids).
+#[derive(Debug)]
+pub struct Broken {
+    pub error: Error,
+    pub blame: Blame,
+    pub retry: bool,
+    /// The broker's last PUBACK on this connection was a refusal: some
+    /// brokers (mosquitto with `max_queued_messages 0`) close the connection
+    /// after refusing, and the message sent after it is not to blame.
+    pub after_refusal: bool,
+}
+
+/// The broker refused one message (MQTT 5 PUBACK reason code ≥ 0x80).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub rows: Rows,
+    pub topic: String,
+    pub code: u8,
+    pub reason: Option<String>,
+    pub verdict: Verdict,
+}
+
+impl Refusal {
+    /// For the failure ledger and stderr.
+    pub fn why(&self) -> String {
+        format!(
+            "the broker refused it (topic {}): {}",
+            self.topic,
+            reason::describe(self.code, self.reason.as_deref())
+        )
+    }
+}
+
+/// What one wait on the connection brought.
+#[derive(Debug)]
+pub enum Polled {
+    /// The broker accepted the message carrying these rows.
+    Acked(Rows),
+    Refused(Refusal),
+    /// Some other event.
+    Other,
+    /// Nothing before the time was up.
+    Idle,
+}
+
+/// A message that cannot go out on this session; the session is unharmed.
+#[derive(Debug)]
+pub enum Unsent {
+    /// Its PUBLISH would exceed the broker's Maximum Packet Size: sending it
+    /// would make the broker close the connection.
+    TooLarge { message: Message, why: String },
+    /// The session failed.
+    Failed(Error),
+}
+
+/// Follows which message (`T`) each packet id stands for.
+#[derive(Debug)]
+pub struct Tracker<T> {
+    /// Messages handed to rumqttc that have no packet id yet, in order.
+    unassigned: VecDeque<T>,
+    /// Packet id → message awaiting its PUBACK.
+    slots: Vec<Option<T>>,
+    /// A message whose packet id was still taken (`AwaitAck`): rumqttc
+    /// sends it once that id is acknowledged.
+    collided: Option<(u16, T)>,
+    in_flight: usize,
+}
+
+/// An event sequence rumqttc should never produce; the run stops and
+/// leaves everything in doubt unsent.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Mismatch(pub String);
+
+impl<T> Tracker<T> {
+    pub fn new(inflight: u16) -> Tracker<T> {
+        Tracker {
+            unassigned: VecDeque::new(),
+            slots: std::iter::repeat_with(|| None)
+                .take(usize::from(inflight) + 1)
+                .collect(),
+            collided: None,
+            in_flight: 0,
+        }
+    }
+
+    /// Messages handed over and not yet acknowledged.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Every message handed over and not yet acknowledged, in no order.
+    pub fn pending(&self) -> impl Iterator<Item = &T> {
+        self.unassigned
+            .iter()
+            .chain(self.slots.iter().flatten())
+            .chain(self.collided.iter().map(|(_, t)| t))
+    }
+
+    /// The packet id a collided message waits for.
+    pub fn collided_on(&self) -> Option<u16> {
+        self.collided.as_ref().map(|(id, _)| *id)
+    }
+
+    /// A request for this message went into rumqttc's channel.
+    pub fn handed(&mut self, row: T) {
+        self.unassigned.push_back(row);
+        self.in_flight += 1;
+    }
+
+    pub fn on_outgoing_publish(&mut self, pkid: u16) -> Result<(), Mismatch> {
+        let row = match self.collided.take() {
+            Some((id, row)) if id == pkid => row,
+            other => {
+                self.collided = other;
+                self.unassigned
+                    .pop_front()
+                    .ok_or_else(|| Mismatch(format!("PUBLISH {pkid} went out for no row")))?
+            }
+        };
+        let slot = self
+            .slots
+            .get_mut(usize::from(pkid))
+            .ok_or_else(|| Mismatch(format!("packet id {pkid} is outside the window")))?;
+        if slot.is_some() {
+            return Err(Mismatch(format!(
+                "packet id {pkid} reused while its message awaits its ack"
+            )));
+        }
+        *slot = Some(row);
+        Ok(())
+    }
+
+    pub fn on_await_ack(&mut self, pkid: u16) -> Result<(), Mismatch> {
+        if self.collided.is_some() {
+            return Err(Mismatch(format!("a second collision on packet id {pkid}")));
+        }
+        let row = self
+            .unassigned
+            .pop_front()
+            .ok_or_else(|| Mismatch(format!("collision on packet id {pkid} for no row")))?;
+        self.collided = Some((pkid, row));
+        Ok(())
+    }
+
+    /// The row this PUBACK acknowledges.
+    pub fn on_puback(&mut self, pkid: u16) -> Result<T, Mismatch> {
+        let row = self
+            .slots
+            .get_mut(usize::from(pkid))
+            .and_then(Option::take)
+            .ok_or_else(|| Mismatch(format!("PUBACK {pkid} for no row in flight")))?;
+        self.in_flight -= 1;
+        Ok(row)
+    }
+}
+
+/// A message in flight, as the session remembers it.
+#[derive(Debug)]
+struct Sent {
+    rows: Rows,
+    /// For the line that names a refused message.
+    topic: String,
+    bytes: usize,
+    /// Handed over as the n-th PUBLISH of this connection.
+    seq: u64,
+    /// The topic alias this PUBLISH set (topic and alias both sent): once
+    /// the broker accepts it, later messages may send the alias alone.
+    sets_alias: Option<u16>,
+}
+
+/// Topic aliases of one connection (MQTT 5, when the broker's Topic Alias
+/// Maximum is above 0): one per distinct topic, up to the maximum. An alias
+/// goes out alone only once a PUBLISH that set it was accepted: a broker
+/// that refused that PUBLISH may not have kept the alias.
+#[derive(Debug, Default)]
+struct Aliases {
+    max: u16,
+    by_topic: HashMap<String, u16>,
+    confirmed: Vec<bool>,
+}
+
+impl Aliases {
+    fn shape(&mut self, topic: &str) -> Shape {
+        if self.max == 0 {
+            return Shape::default();
+        }
+        if let Some(&alias) = self.by_topic.get(topic) {
+            let alias_only = self.confirmed[usize::from(alias)];
+            return Shape {
+                alias: Some(alias),
+                alias_only,
+                json: false,
+            };
+        }
+        if self.by_topic.len() >= usize::from(self.max) {
+            return Shape::default();
+        }
+        let alias = self.by_topic.len() as u16 + 1;
+        self.by_topic.insert(topic.to_string(), alias);
+        if self.confirmed.len() <= usize::from(alias) {
+            self.confirmed.resize(usize::from(alias) + 1, false);
+        }
+        Shape {
+            alias: Some(alias),
+            alias_only: false,
+            json: false,
+        }
+    }
+
+    fn confirm(&mut self, alias: u16) {
+        if let Some(c) = self.confirmed.get_mut(usize::from(alias)) {
+            *c = true;
+        }
+    }
+}
+
+pub struct Session {
+    wire: Box<dyn Wire>,
+    protocol: Protocol,
+    limits: Limits,
+    window: usize,
+    tracker: Tracker<Sent>,
+    aliases: Aliases,
+    log: Log,
+    /// host:port, for messages.
+    name: String,
+    /// PUBLISHes handed over and PUBACKs received on this connection.
+    published: u64,
+    acked: u64,
+    /// The connection failed: nothing more can be sent on it.
+    broken: bool,
+    /// The last PUBACK on this connection refused its message.
+    refused_last: bool,
+}
+
+/// What [`Session::connect`] needs.
+pub struct Options<'a> {
+    pub broker: &'a Broker,
+    pub inflight: u16,
+    pub max_payload: usize,
+    pub wanted: Wanted,
+    pub log: Log,
+}
+
+/// host:port as rumqttc joins them: an IPv6 literal gets its brackets back.
+fn address(broker: &Broker) -> (String, String) {
+    let addr = if broker.host.contains(':') {
+        format!("[{}]", broker.host)
+    } else {
+        broker.host.clone()
+    };
+    let name = format!("{addr}:{}", broker.port);
+    (addr, name)
+}
+
+/// The remembered protocol, as `"<311|5> <unix seconds when learned>"`.
+fn parse_memory(s: &str) -> Option<(Protocol, u64)> {
+    let (p, at) = s.split_once(' ')?;
+    let p = match p {
+        "311" => Protocol::V311,
+        "5" => Protocol::V5,
+        _ => return None,
+    };
+    Some((p, at.parse().ok()?))
+}
+
+impl Session {
+    /// Connects and waits for the CONNACK. Under `auto`, MQTT 5 is tried
+    /// first, unless `remembered` says this broker spoke only 3.1.1 less
+    /// than [`PROBE_INTERVAL_S`] ago; a broker that does not answer an MQTT
+    /// 5 CONNECT as MQTT 5 gets a 3.1.1 one. Returns the session and, when
+    /// it changed, what to remember for this broker. Errors: 69
+    /// unreachable, 77 credentials or client id refused.
+    pub fn connect(
+        o: &Options<'_>,
+        remembered: Option<&str>,
+        now: u64,
+    ) -> Result<(Session, Option<String>)> {
+        let (_, name) = address(o.broker);
+        let memory = remembered.and_then(parse_memory);
+        let first = match o.wanted {
+            Wanted::Only(p) => p,
+            Wanted::Auto => match memory {
+                Some((Protocol::V311, at)) if now.saturating_sub(at) < PROBE_INTERVAL_S => {
+                    Protocol::V311
+                }
+                _ => Protocol::V5,
+            },
+        };
+        // Remember what was negotiated when it is news: a first answer, a
+        // change, or a probe of a 3.1.1 broker (its time is refreshed).
+        let learned = |p: Protocol| {
+            let known = matches!(memory, Some((q, _)) if q == p)
+                && !(p == Protocol::V311 && first == Protocol::V5);
+            (o.wanted == Wanted::Auto && !known).then(|| format!("{} {now}", p.short()))
+        };
+        match Session::connect_with(o, first) {
+            Ok(s) => Ok((s, learned(first))),
+            Err(fault)
+                if o.wanted == Wanted::Auto && first == Protocol::V5 && fault.means_no_v5() =>
+            {
+                if o.log.verbose {
+                    eprintln!(
+                        "frameflush: broker {name} did not take an MQTT 5 CONNECT ({}); trying MQTT 3.1.1",
+                        fault.words()
+                    );
+                }
+                match Session::connect_with(o, Protocol::V311) {
+                    Ok(s) => Ok((s, learned(Protocol::V311))),
+                    Err(f) => Err(f.connect_error(&name, o.broker, Protocol::V311, true)),
+                }
+            }
+            Err(fault) => Err(fault.connect_error(&name, o.broker, first, false)),
+        }
+    }
+
+    fn connect_with(o: &Options<'_>, protocol: Protocol) -> std::result::Result<Session, Fault> {
+        let (addr, name) = address(o.broker);
+        let (wire, limits) = match protocol {
+            Protocol::V311 => v311::connect(o, addr, &name)?,
+            Protocol::V5 => v5::connect(o, addr, &name)?,
+        };
+        let window =
+            usize::from(o.inflight).min(limits.receive_max.map_or(usize::MAX, usize::from));
+        if o.log.verbose {
+            let mut said = format!(
+                "frameflush: connected to {name} as {} with {}",
+                o.broker.client_id,
+                protocol.label()
+            );
+            if protocol == Protocol::V5 {
+                said.push_str(&format!(
+                    " (broker limits: Receive Maximum {}, Maximum Packet Size {}, Topic Alias Maximum {}; window {window})",
+                    limits.receive_max.map_or("none".into(), |v| v.to_string()),
+                    limits.max_packet_size.map_or("none".into(), |v| v.to_string()),
+                    limits.topic_alias_max
+                ));
+            }
+            eprintln!("{said}");
+        }
+        Ok(Session {
+            wire,
+            protocol,
+            limits,
+            window,
+            tracker: Tracker::new(o.inflight),
+            aliases: Aliases {
+                max: limits.topic_alias_max,
+                ..Aliases::default()
+            },
+            log: o.log,
+            name,
+            published: 0,
+            acked: 0,
+            broken: false,
+            refused_last: false,
+        })
+    }
+
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+
+    /// How many PUBLISHes may be unacknowledged at once.
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.tracker.in_flight()
+    }
+
+    /// PUBLISHes handed over on this connection.
+    pub fn published(&self) -> u64 {
+        self.published
+    }
+
+    /// Every message not yet acknowledged, oldest first: its rows and size.
+    pub fn in_doubt(&self) -> Vec<(Rows, usize)> {
+        let mut sent: Vec<&Sent> = self.tracker.pending().collect();
+        sent.sort_by_key(|s| s.seq);
+        sent.into_iter()
+            .map(|s| (s.rows.clone(), s.bytes))
+            .collect()
+    }
+
+    /// The oldest message not yet acknowledged: its rows and its size.
+    pub fn oldest_in_flight(&self) -> Option<(Rows, usize)> {
+        self.tracker
+            .pending()
+            .min_by_key(|s| s.seq)
+            .map(|s| (s.rows.clone(), s.bytes))
+    }
+
+    /// The size of this message's PUBLISH with its whole topic.
+    pub fn packet_bytes(&self, m: &Message) -> usize {
+        let full = Shape {
+            alias: (self.limits.topic_alias_max > 0).then_some(1),
+            alias_only: false,
+            json: m.json,
+        };
+        self.wire.packet_size(m.topic.len(), m.payload.len(), full)
+    }
+
+    /// Hands one QoS 1 PUBLISH to rumqttc. The caller keeps the window, so
+    /// the channel always has room. A message over the broker's Maximum
+    /// Packet Size is given back, never sent.
+    pub fn publish(&mut self, m: Message) -> std::result::Result<(), Unsent> {
+        let bytes = self.packet_bytes(&m);
+        if let Some(max) = self.limits.max_packet_size
+            && bytes > max as usize
+        {
+            let why = format!(
+                "its PUBLISH of {bytes} bytes exceeds the broker's Maximum Packet Size of {max} bytes"
+            );
+            return Err(Unsent::TooLarge { message: m, why });
+        }
+        let mut shape = self.aliases.shape(&m.topic);
+        shape.json = m.json;
+        let topic = if shape.alias_only {
+            String::new()
+        } else {
+            m.topic.clone()
+        };
+        let bytes = self.wire.packet_size(topic.len(), m.payload.len(), shape);
+        let rows = m.rows;
+        self.wire.publish(topic, m.payload, shape).map_err(|e| {
+            Unsent::Failed(Error::new(
+                Exit::TempFail,
+                format!("cannot queue {} for publishing: {e}", rows.label()),
+            ))
+        })?;
+        self.tracker.handed(Sent {
+            rows,
+            topic: m.topic,
+            bytes,
+            seq: self.published,
+            sets_alias: shape.alias.filter(|_| !shape.alias_only),
+        });
+        self.published += 1;
+        Ok(())
+    }
+
+    /// Waits up to `wait` for one event. A connection error ends the
+    /// session: what is in flight stays unsent, and the error says who is
+    /// to blame.
+    pub fn poll(&mut self, wait: Duration) -> std::result::Result<Polled, Broken> {
+        let event = match self.wire.next(wait) {
+            Next::Event(e) => e,
+            Next::Idle => return Ok(Polled::Idle),
+            Next::Failed(fault) => {
+                self.broken = true;
+                return Err(self.broken_by(fault));
+            }
+            Next::Ended => {
+                self.broken = true;
+                return Err(self.broken_by(Fault::Closed));
+            }
+        };
+        let step = match event {
+            Event::Publish(pkid) => self
+                .tracker
+                .on_outgoing_publish(pkid)
+                .map(|()| Polled::Other),
+            Event::AwaitAck(pkid) => self.tracker.on_await_ack(pkid).map(|()| Polled::Other),
+            Event::PubAck { pkid, code, reason } => self.on_puback(pkid, code, reason),
+            Event::Disconnect | Event::Other => Ok(Polled::Other),
+        };
+        step.map_err(|Mismatch(why)| {
+            self.broken = true;
+            Broken {
+                error: Error::new(
+                    Exit::TempFail,
+                    format!("lost track of packet ids ({why}); rows in doubt stay unsent"),
+                ),
+                blame: Blame::Nobody,
+                retry: false,
+                after_refusal: false,
+            }
+        })
+    }
+
+    fn on_puback(
+        &mut self,
+        pkid: u16,
+        code: u8,
+        reason: Option<String>,
+    ) -> std::result::Result<Polled, Mismatch> {
+        let collided = self.tracker.collided_on() == Some(pkid);
+        let sent = self.tracker.on_puback(pkid)?;
+        self.acked += 1;
+        let verdict = reason::puback(code);
+        self.refused_last = verdict != Verdict::Accepted;
+        if verdict == Verdict::Accepted {
+            if let Some(alias) = sent.sets_alias {
+                self.aliases.confirm(alias);
+            }
+            return Ok(Polled::Acked(sent.rows));
+        }
+        if collided {
+            self.wire.release_collision(pkid);
+        }
+        Ok(Polled::Refused(Refusal {
+            rows: sent.rows,
+            topic: sent.topic,
+            code,
+            reason,
+            verdict,
+        }))
+    }
+
+    /// The error line for a connection that ended, and the blame.
+    fn broken_by(&self, fault: Fault) -> Broken {
+        let in_flight = self.tracker.in_flight();
+        let oldest = self.oldest_in_flight();
+        let after = format!(
+            "after {} PUBLISH(es) on this connection, {} acknowledged",
+            self.published, self.acked
+        );
+        if let Fault::ServerDisconnect { code, reason } = &fault {
+            let ending = reason::disconnect(*code);
+            let said = reason::describe(*code, reason.as_deref());
+            let hint = match code {
+                0x8E => {
+                    " (another client connected with the same client id: give each run its own --id)"
+                }
+                0x87 => {
+                    " (the broker's ACL refuses this user something: check the topic and the user's rights)"
+                }
+                0x95 => " (above the broker's packet size limit: lower --max-payload)",
+                0x97 | 0x89 | 0x96 => " (the broker wants no more for now)",
+                _ => "",
+            };
+            let blame = match (&oldest, ending.charges_message) {
+                (Some((rows, _)), true) => Blame::Message {
+                    rows: rows.clone(),
+                    why: format!("the broker disconnected on this message: {said}"),
+                },
+                _ => Blame::Nobody,
+            };
+            let on = match (&oldest, ending.charges_message) {
+                (Some((rows, bytes)), true) => format!(" on {} ({bytes} bytes)", rows.label()),
+                _ => String::new(),
+            };
+            return Broken {
+                error: Error::new(
+                    ending.exit,
+                    format!(
+                        "broker {} disconnected{on} with {said}{hint}, {after}; {in_flight} message(s) in flight stay unsent",
+                        self.name
+                    ),
+                ),
+                blame,
+                retry: false,
+                after_refusal: self.refused_last,
+            };
+        }
+        if let Fault::Tls(e) = fault {
+            return Broken {
+                error: Error::new(Exit::TempFail, format!("connection to broker lost: {e}")),
+                blame: Blame::Nobody,
+                retry: false,
+                after_refusal: self.refused_last,
+            };
+        }
+        let blame = match oldest {
+            Some((rows, bytes)) => Blame::Suspect { rows, bytes },
+            None => Blame::Nobody,
+        };
+        Broken {
+            error: Error::new(
+                Exit::TempFail,
+                format!(
+                    "connection to broker {} lost: {}, {after}; {in_flight} message(s) in flight stay unsent",
+                    self.name,
+                    fault.words()
+                ),
+            ),
+            blame,
+            retry: true,
+            after_refusal: self.refused_last,
+        }
+    }
+
+    /// Drops the connection at once (the socket is closed): before a new
+    /// one is made, so that a broker serving one client at a time sees this
+    /// one gone.
+    pub fn close(&mut self) {
+        self.wire = Box::new(Closed);
+        self.broken = true;
+    }
+
+    /// Sends DISCONNECT and waits (at most `wait`) until it has gone out, so
+    /// the broker sees a clean end rather than a dropped connection.
+    pub fn disconnect(mut self, wait: Duration) {
+        self.goodbye(wait);
+    }
+
+    /// [`Session::disconnect`], leaving the session closed.
+    pub fn goodbye(&mut self, wait: Duration) {
+        self.say_goodbye(wait);
+        self.close();
+    }
+
+    fn say_goodbye(&mut self, wait: Duration) {
+        if self.broken || !self.wire.disconnect() {
+            return;
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                if self.log.verbose {
+                    eprintln!(
+                        "frameflush: DISCONNECT did not go out within {} s",
+                        wait.as_secs_f64()
+                    );
+                }
+                return;
+            }
+            match self.wire.next(left) {
+                Next::Event(Event::Disconnect) => return,
+                Next::Event(_) => {}
+                Next::Idle | Next::Failed(_) | Next::Ended => return,
+            }
+        }
+    }
+}
+
+/// The wire of a closed session: nothing goes out, nothing comes in.
+struct Closed;
+
+impl Wire for Closed {
+    fn publish(&mut self, _: String, _: Vec<u8>, _: Shape) -> std::result::Result<(), String> {
+        Err("the connection is closed".into())
+    }
+    fn next(&mut self, _: Duration) -> Next {
+        Next::Ended
+    }
+    fn disconnect(&mut self) -> bool {
+        false
+    }
+    fn packet_size(&self, topic_len: usize, payload_len: usize, _: Shape) -> usize {
+        packet_size(topic_len, payload_len)
+    }
+}
+
+/// How many bytes the MQTT "remaining length" of `n` takes.
+fn varint_len(n: usize) -> usize {
+    match n {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// The size of a packet on the wire from its remaining length.
+fn framed(remaining: usize) -> usize {
+    1 + varint_len(remaining) + remaining
+}
+
+/// The size of an MQTT 3.1.1 QoS 1 PUBLISH packet on the wire.
+pub fn packet_size(topic_len: usize, payload_len: usize) -> usize {
+    framed(2 + topic_len + 2 + payload_len)
+}
+
+/// The size of an MQTT 5 QoS 1 PUBLISH packet on the wire, with the
+/// properties frameflush sets.
+pub fn packet_size_v5(topic_len: usize, payload_len: usize, shape: Shape) -> usize {
+    let mut props = 0;
+    if shape.json {
+        props += 2 + 1 + 2 + CONTENT_TYPE_JSON.len();
+    }
+    if shape.alias.is_some() {
+        props += 3;
+    }
+    framed(2 + topic_len + 2 + varint_len(props) + props + payload_len)
+}
+
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_in_order_map_back_to_rows_across_packet_id_wraparound() {
+        let mut t = Tracker::<i64>::new(3);
+        let mut acked = Vec::new();
+        let mut next_pkid = 0u16;
+        for row in 100..110 {
+            t.handed(row);
+            next_pkid = next_pkid % 3 + 1;
+            t.on_outgoing_publish(next_pkid).unwrap();
+            acked.push(t.on_puback(next_pkid).unwrap());
+        }
+        assert_eq!(acked, (100..110).collect::<Vec<_>>());
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_collided_publish_belongs_to_the_row_that_waited_for_the_id() {
+        let mut t = Tracker::<i64>::new(2);
+        t.handed(1);
+        t.handed(2);
+        t.on_outgoing_publish(1).unwrap();
+        t.on_outgoing_publish(2).unwrap();
+        // The broker acks 2 first; the next request gets id 1, still taken.
+        assert_eq!(t.on_puback(2), Ok(2));
+        t.handed(3);
+        t.on_await_ack(1).unwrap();
+        assert_eq!(t.collided_on(), Some(1));
+        // The ack of 1 frees the id; rumqttc then sends row 3 with it.
+        assert_eq!(t.on_puback(1), Ok(1));
+        t.on_outgoing_publish(1).unwrap();
+        assert_eq!(t.on_puback(1), Ok(3));
+        assert_eq!(t.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_ack_for_nothing_in_flight_is_a_mismatch_not_a_mark() {
+        let mut t = Tracker::<i64>::new(4);
+        assert!(t.on_puback(1).is_err());
+        assert!(t.on_outgoing_publish(1).is_err());
+        assert!(t.on_puback(9).is_err());
+    }
+
+    #[test]
+    fn packet_sizes_count_the_fixed_header_length_bytes() {
+        assert_eq!(packet_size(1, 0), 7);
+        assert_eq!(packet_size(10, 113), 129);
+        assert_eq!(packet_size(10, 114), 131);
+        // MQTT 5: one property-length byte more, plus the properties.
+        assert_eq!(packet_size_v5(1, 0, Shape::default()), 8);
+        let json = Shape {
+            json: true,
+            ..Shape::default()
+        };
+        assert_eq!(packet_size_v5(1, 0, json), 8 + 21);
+        let alias = Shape {
+            alias: Some(3),
+            alias_only: true,
+            json: false,
+        };
+        assert_eq!(packet_size_v5(0, 0, alias), 7 + 3);
+    }
+
+    #[test]
+    fn an_alias_goes_out_alone_only_after_the_broker_accepted_the_publish_that_set_it() {
+        let mut a = Aliases {
+            max: 2,
+            ..Aliases::default()
+        };
+        let first = a.shape("a");
+        assert_eq!((first.alias, first.alias_only), (Some(1), false));
+        assert!(!a.shape("a").alias_only);
+        a.confirm(1);
+        assert!(a.shape("a").alias_only);
+        assert_eq!(a.shape("b").alias, Some(2));
+        // Over the maximum: the topic goes out in full, without an alias.
+        assert_eq!(a.shape("c"), Shape::default());
+    }
+
+    #[test]
+    fn auto_remembers_a_3_1_1_broker_and_probes_it_again_after_a_day() {
+        assert_eq!(parse_memory("311 1000"), Some((Protocol::V311, 1000)));
+        assert_eq!(parse_memory("5 7"), Some((Protocol::V5, 7)));
+        assert_eq!(parse_memory("x 7"), None);
+        assert_eq!(
+            Wanted::parse("mqttv311"),
+            Some(Wanted::Only(Protocol::V311))
+        );
+        assert_eq!(Wanted::parse("5"), Some(Wanted::Only(Protocol::V5)));
+        assert_eq!(Wanted::parse("4"), None);
+    }
+
+    #[test]
+    fn a_3_1_1_answer_to_an_mqtt_5_connect_means_fall_back_but_a_refused_password_does_not() {
+        assert!(Fault::Closed.means_no_v5());
+        assert!(Fault::Timeout.means_no_v5());
+        assert!(Fault::Garbled("x".into()).means_no_v5());
+        assert!(Fault::Connack(0x84).means_no_v5());
+        assert!(!Fault::Connack(0x86).means_no_v5());
+        assert!(!Fault::TcpRefused.means_no_v5());
+    }
+}

@@ -1,0 +1,150 @@
+//! MQTT 3.1.1 through rumqttc's synchronous client: the CONNECT, and
+//! rumqttc's events and errors reduced to the session's terms. A 3.1.1
+//! broker announces no limits and its PUBACK carries no reason code: every
+//! PUBACK reads as 0x00, which is why a broker that acknowledges and drops a
+//! refused message cannot be told from one that kept it.
+
+use std::time::Duration;
+
+use rumqttc::{
+    Client, ConnectReturnCode, Connection, ConnectionError, Event as Ev, MqttOptions, Outgoing,
+    Packet, QoS, RecvTimeoutError, StateError,
+};
+
+use super::{Event, Fault, Limits, Next, Options, Shape, Wire, packet_size};
+use crate::config::Log;
+use crate::template::MAX_TOPIC_LEN;
+
+struct V311 {
+    client: Client,
+    connection: Connection,
+    log: Log,
+    name: String,
+}
+
+pub(super) fn connect(
+    o: &Options<'_>,
+    addr: String,
+    name: &str,
+) -> Result<(Box<dyn Wire>, Limits), Fault> {
+    let broker = o.broker;
+    let mut opts = MqttOptions::new(broker.client_id.clone(), addr, broker.port);
+    opts.set_keep_alive(broker.keepalive)
+        .set_clean_session(true)
+        .set_inflight(o.inflight)
+        .set_max_packet_size(16 * 1024, packet_size(MAX_TOPIC_LEN, o.max_payload));
+    #[cfg(feature = "tls")]
+    if let Some(tls) = &broker.tls {
+        opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
+            tls.config.clone(),
+        )));
+    }
+    if let Some(user) = &broker.username {
+        let pw = broker.password.as_ref().map_or("", |p| p.expose());
+        opts.set_credentials(user.clone(), pw.to_string());
+    }
+    // The channel holds the whole window plus a DISCONNECT: try_publish
+    // is never refused for a full channel.
+    let (client, mut connection) = Client::new(opts, usize::from(o.inflight) + 4);
+    let secs = broker.connect_timeout.as_secs_f64().ceil().max(1.0) as u64;
+    let mut net = connection.eventloop.network_options();
+    net.set_connection_timeout(secs);
+    connection.eventloop.set_network_options(net);
+    let mut wire = V311 {
+        client,
+        connection,
+        log: o.log,
+        name: name.to_string(),
+    };
+    let deadline = std::time::Instant::now() + broker.connect_timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(Fault::Timeout);
+        }
+        match wire.connection.recv_timeout(left) {
+            Ok(Ok(event)) => {
+                if o.log.debug {
+                    eprintln!("frameflush: mqtt: {event:?}");
+                }
+                if let Ev::Incoming(Packet::ConnAck(_)) = event {
+                    return Ok((Box::new(wire), Limits::default()));
+                }
+            }
+            Ok(Err(e)) => return Err(wire.fault(e)),
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return Err(Fault::Closed),
+        }
+    }
+}
+
+impl V311 {
+    fn fault(&self, e: ConnectionError) -> Fault {
+        if let Some(tls) = crate::tls::handshake_failure(&e, &self.name) {
+            return Fault::Tls(tls);
+        }
+        match e {
+            ConnectionError::Io(io) | ConnectionError::MqttState(StateError::Io(io)) => {
+                Fault::from_io(&io)
+            }
+            ConnectionError::MqttState(StateError::Deserialization(rumqttc::Error::Io(io))) => {
+                Fault::from_io(&io)
+            }
+            ConnectionError::MqttState(StateError::Deserialization(d)) => {
+                Fault::Garbled(d.to_string())
+            }
+            ConnectionError::MqttState(StateError::ConnectionAborted) => Fault::Closed,
+            ConnectionError::MqttState(StateError::AwaitPingResp) => Fault::NoPingResp,
+            ConnectionError::NetworkTimeout | ConnectionError::FlushTimeout => Fault::Timeout,
+            ConnectionError::ConnectionRefused(code) => Fault::Connack(match code {
+                ConnectReturnCode::RefusedProtocolVersion => 0x84,
+                ConnectReturnCode::BadClientId => 0x85,
+                ConnectReturnCode::ServiceUnavailable => 0x88,
+                ConnectReturnCode::BadUserNamePassword => 0x86,
+                ConnectReturnCode::NotAuthorized => 0x87,
+                ConnectReturnCode::Success => 0x80,
+            }),
+            ConnectionError::NotConnAck(p) => Fault::Garbled(format!("{p:?} before the CONNACK")),
+            other => Fault::Other(other.to_string()),
+        }
+    }
+}
+
+impl Wire for V311 {
+    fn publish(&mut self, topic: String, payload: Vec<u8>, _shape: Shape) -> Result<(), String> {
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, false, payload)
+            .map_err(|e| e.to_string())
+    }
+
+    fn next(&mut self, wait: Duration) -> Next {
+        let event = match self.connection.recv_timeout(wait) {
+            Ok(Ok(event)) => event,
+            Ok(Err(e)) => return Next::Failed(self.fault(e)),
+            Err(RecvTimeoutError::Timeout) => return Next::Idle,
+            Err(RecvTimeoutError::Disconnected) => return Next::Ended,
+        };
+        if self.log.debug {
+            eprintln!("frameflush: mqtt: {event:?}");
+        }
+        Next::Event(match event {
+            Ev::Outgoing(Outgoing::Publish(pkid)) => Event::Publish(pkid),
+            Ev::Outgoing(Outgoing::AwaitAck(pkid)) => Event::AwaitAck(pkid),
+            Ev::Outgoing(Outgoing::Disconnect) => Event::Disconnect,
+            Ev::Incoming(Packet::PubAck(ack)) => Event::PubAck {
+                pkid: ack.pkid,
+                code: 0,
+                reason: None,
+            },
+            _ => Event::Other,
+        })
+    }
+
+    fn disconnect(&mut self) -> bool {
+        self.client.try_disconnect().is_ok()
+    }
+
+    fn packet_size(&self, topic_len: usize, payload_len: usize, _shape: Shape) -> usize {
+        packet_size(topic_len, payload_len)
+    }
+}

@@ -1,0 +1,43 @@
+//! What the operating system tells us, in the operator's words: the
+//! machine's host name (for the default client id and Meshlium's
+//! `#MESHLIUM#`), an I/O error's reason without the "(os error N)" noise, and
+//! the one-line writes to stdout that never panic on a closed pipe. Every
+//! other module may use these; this one uses none of them.
+
+/// An io::Error's reason without the "(os error N)" noise.
+pub fn io_reason(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// The machine's host name, for the default client id.
+pub fn hostname() -> String {
+    for path in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            let s = s.trim();
+            if !s.is_empty() {
+                return s.to_string();
+            }
+        }
+    }
+    "gateway".to_string()
+}
+
+/// One JSON value on one line of stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string(value) {
+        Ok(s) => out(&s),
+        Err(e) => eprintln!("frameflush: error: cannot write JSON: {e}"),
+    }
+}
+
+/// One line on stdout. A closed stdout (`| head`) is not worth a panic: the
+/// exit status still tells.
+pub fn out(line: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+}

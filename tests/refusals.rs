@@ -1,0 +1,625 @@
+//! What brokers do to messages they will not take, and what frameflush does
+//! about it: MQTT 5 reason codes, CONNACK limits, server DISCONNECTs, the
+//! fallback to MQTT 3.1.1, and suspects sent alone. Real mosquitto where it
+//! can be made to show the behaviour (ACLs, packet size, receive maximum);
+//! the fake broker of `tests/util/fake_mqtt.rs` for the rest.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use util::fake_mqtt::{FakeBroker, FakeConfig, Published, Reply, V5Connect};
+use util::{Broker, Subscriber, TestEnv, marked_ids};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Rows of node_03 in the seeded table (`id_wasp` is node_{(id-1) % 5}).
+fn is_node_03(id: i64) -> bool {
+    (id - 1) % 5 == 3
+}
+
+/// A mosquitto whose ACL lets anonymous clients do anything but publish or
+/// read under sensors/node_03/.
+fn acl_broker(env: &TestEnv, extra: &str) -> Broker {
+    let acl = env.write("acl", "topic readwrite #\ntopic deny sensors/node_03/#\n");
+    Broker::start_with(
+        env,
+        &format!("allow_anonymous true\nacl_file {}\n{extra}", acl.display()),
+    )
+}
+
+fn failures(env: &TestEnv) -> Vec<serde_json::Value> {
+    let run = env.run(&["failures", "--db", &env.db_arg(), "--json"]);
+    run.expect_code(0);
+    run.json().as_array().unwrap().clone()
+}
+
+#[test]
+fn an_acl_refusal_under_mqtt_5_marks_none_of_the_denied_rows_and_delivers_every_other_row_in_the_first_run()
+ {
+    // mosquitto's default max_queued_messages (a 3.1.1 client would get a
+    // success PUBACK and the message dropped) and max_queued_messages 0 (a
+    // 3.1.1 client would be reset): under MQTT 5 both answer 0x87.
+    for queued in ["max_queued_messages 1000", "max_queued_messages 0"] {
+        let env = TestEnv::new("acl");
+        env.seed(3000);
+        let mut broker = acl_broker(&env, queued);
+        let sub = Subscriber::connect(broker.port, "sensors/#");
+        let (db, url) = (env.db_arg(), broker.url());
+        let run = env.run(&["flush", "--db", &db, "-L", &url, "-V", "auto", "--json"]);
+        if queued.ends_with(" 0") {
+            // mosquitto closes the connection after the 0x87, and rumqttc
+            // drops the PUBACK that came with the close: the row is charged
+            // as the message the broker closed the connection on (65), or,
+            // when the PUBACK got through, refused (77).
+            assert!(matches!(run.code, Some(65 | 77)), "{run:?}");
+        } else {
+            run.expect_code(77)
+                .expect_one_error_line("0x87 Not authorized");
+            assert!(run.stderr.contains("sensors/node_03/"), "{}", run.stderr);
+            assert_eq!(run.json()["refused"], 600);
+        }
+        assert_eq!(run.json()["protocol"], "5");
+        let others: BTreeSet<i64> = (1..=3000).filter(|&id| !is_node_03(id)).collect();
+        assert_eq!(marked_ids(&env.db(), 64), others, "{queued}: {run:?}");
+        let received: BTreeSet<i64> = sub.wait_for(2400, WAIT).iter().map(|m| m.id()).collect();
+        assert_eq!(received, others, "{queued}");
+        let ledger = failures(&env);
+        assert_eq!(ledger.len(), 600);
+        assert!(
+            ledger
+                .iter()
+                .all(|f| is_node_03(f["row_id"].as_i64().unwrap())),
+            "{ledger:?}"
+        );
+        if !queued.ends_with(" 0") {
+            assert!(
+                ledger[0]["last_error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("0x87 Not authorized"),
+                "{:?}",
+                ledger[0]
+            );
+        }
+
+        // The operator fixes the ACL: the refused rows arrive with the next
+        // run (they were not quarantined after one refusal).
+        env.write("acl", "topic readwrite #\n");
+        broker.restart();
+        let sub = Subscriber::connect(broker.port, "sensors/#");
+        env.run(&["flush", "--db", &db, "-L", &url, "-V", "auto"])
+            .expect_code(0);
+        assert_eq!(marked_ids(&env.db(), 64).len(), 3000);
+        let late: BTreeSet<i64> = sub.wait_for(600, WAIT).iter().map(|m| m.id()).collect();
+        assert_eq!(late, (1..=3000).filter(|&id| is_node_03(id)).collect());
+    }
+}
+
+#[test]
+fn refused_rows_are_quarantined_after_max_attempts_and_requeue_brings_them_back_once_the_acl_is_fixed()
+ {
+    let env = TestEnv::new("acl-quarantine");
+    env.seed(50);
+    let mut broker = acl_broker(&env, "max_queued_messages 1000");
+    let (db, url) = (env.db_arg(), broker.url());
+    let args = [
+        "flush",
+        "--db",
+        &db,
+        "-L",
+        &url,
+        "-V",
+        "auto",
+        "--max-attempts",
+        "2",
+    ];
+    env.run(&args).expect_code(77);
+    env.run(&args).expect_code(77);
+    // Quarantined now: the run has nothing left it may send.
+    let third = env.run(&args);
+    third.expect_code(0);
+    assert_eq!(marked_ids(&env.db(), 64).len(), 40);
+    assert!(
+        failures(&env)
+            .iter()
+            .all(|f| !f["quarantined_at"].is_null())
+    );
+    env.write("acl", "topic readwrite #\n");
+    broker.restart();
+    env.run(&["requeue", "--db", &db, "--all"]).expect_code(0);
+    env.run(&args).expect_code(0);
+    assert_eq!(marked_ids(&env.db(), 64).len(), 50);
+}
+
+/// Makes row `id`'s value `bytes` long.
+fn make_big(env: &TestEnv, id: i64, bytes: usize) {
+    let c = rusqlite::Connection::open(env.db()).unwrap();
+    c.execute(
+        "UPDATE sensorParser SET value = ?1 WHERE id = ?2",
+        rusqlite::params!["9".repeat(bytes), id],
+    )
+    .unwrap();
+}
+
+#[test]
+fn under_mqtt_5_a_row_over_the_announced_packet_size_fails_before_sending_and_the_rest_goes_in_one_run()
+ {
+    let env = TestEnv::new("maxpacket5");
+    env.seed(3000);
+    make_big(&env, 1500, 3000);
+    let broker = Broker::start_with(&env, "allow_anonymous true\nmax_packet_size 2000\n");
+    let sub = Subscriber::connect(broker.port, "sensors/#");
+    let (db, url) = (env.db_arg(), broker.url());
+    let run = env.run(&["flush", "--db", &db, "-L", &url, "-V", "5"]);
+    run.expect_code(65);
+    assert!(
+        run.stderr.contains("row 1500 not sent")
+            && run
+                .stderr
+                .contains("exceeds the broker's Maximum Packet Size of 2000 bytes"),
+        "{}",
+        run.stderr
+    );
+    let others: BTreeSet<i64> = (1..=3000).filter(|&id| id != 1500).collect();
+    assert_eq!(marked_ids(&env.db(), 64), others);
+    let received: BTreeSet<i64> = sub.wait_for(2999, WAIT).iter().map(|m| m.id()).collect();
+    assert_eq!(received, others);
+    // Sent never: the broker saw no oversized packet and dropped nobody.
+    assert!(!broker.log().contains("oversize"), "{}", broker.log());
+    let ledger = failures(&env);
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0]["row_id"], 1500);
+}
+
+#[test]
+fn under_mqtt_3_1_1_a_row_the_broker_resets_the_connection_on_is_isolated_and_quarantined_while_every_other_row_arrives()
+ {
+    let env = TestEnv::new("maxpacket311");
+    env.seed(3000);
+    make_big(&env, 1500, 3000);
+    let broker = Broker::start_with(&env, "allow_anonymous true\nmax_packet_size 2000\n");
+    let sub = Subscriber::connect(broker.port, "sensors/#");
+    let (db, url) = (env.db_arg(), broker.url());
+    let args = [
+        "flush",
+        "--db",
+        &db,
+        "-L",
+        &url,
+        "-V",
+        "311",
+        "--max-attempts",
+        "3",
+    ];
+    let others: BTreeSet<i64> = (1..=3000).filter(|&id| id != 1500).collect();
+    let mut runs = 0;
+    let mut stderr = String::new();
+    // --max-attempts + 2 runs at most until every other row is in.
+    while runs < 5 && marked_ids(&env.db(), 64) != others {
+        let run = env.run(&args);
+        assert!([0, 65, 75].contains(&run.code.unwrap()), "{run:?}");
+        stderr.push_str(&run.stderr);
+        runs += 1;
+    }
+    assert_eq!(
+        marked_ids(&env.db(), 64),
+        others,
+        "after {runs} runs: {stderr}"
+    );
+    println!("every other row was in after {runs} run(s)");
+    // Then the big row is charged until quarantined: never marked.
+    for _ in 0..5 {
+        if failures(&env)
+            .iter()
+            .any(|f| f["row_id"] == 1500 && !f["quarantined_at"].is_null())
+        {
+            break;
+        }
+        env.run(&args);
+    }
+    let ledger = failures(&env);
+    let big = ledger.iter().find(|f| f["row_id"] == 1500).unwrap();
+    assert!(!big["quarantined_at"].is_null(), "{ledger:?}");
+    assert!(
+        big["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("the broker closed the connection on this message"),
+        "{big:?}"
+    );
+    assert!(!marked_ids(&env.db(), 64).contains(&1500));
+    let received: BTreeSet<i64> = sub.wait_for(2999, WAIT).iter().map(|m| m.id()).collect();
+    assert!(others.is_subset(&received));
+    assert!(!received.contains(&1500));
+    // Quarantined: the next run sends nothing of it and exits 0.
+    env.run(&args).expect_code(0);
+}
+
+#[test]
+fn a_broker_announcing_receive_maximum_5_gets_a_window_of_5_and_the_drain_completes() {
+    let env = TestEnv::new("recvmax");
+    env.seed(2000);
+    let broker = Broker::start_with(&env, "allow_anonymous true\nmax_inflight_messages 5\n");
+    let sub = Subscriber::connect(broker.port, "sensors/#");
+    let (db, url) = (env.db_arg(), broker.url());
+    let run = env.run(&["flush", "--db", &db, "-L", &url, "-V", "auto", "-v"]);
+    run.expect_code(0);
+    assert!(run.stderr.contains("Receive Maximum 5"), "{}", run.stderr);
+    assert!(run.stderr.contains("window 5)"), "{}", run.stderr);
+    assert_eq!(marked_ids(&env.db(), 64).len(), 2000);
+    assert_eq!(sub.wait_for(2000, WAIT).len(), 2000);
+    assert!(
+        !broker.log().contains("Receive Maximum"),
+        "{}",
+        broker.log()
+    );
+}
+
+fn by_node(reply: fn(&str) -> Reply) -> FakeConfig {
+    FakeConfig {
+        on_publish: Box::new(move |p: &Published| reply(&p.topic)),
+        ..FakeConfig::default()
+    }
+}
+
+fn ids_of(published: &[Published]) -> BTreeSet<i64> {
+    published
+        .iter()
+        .map(|p| {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+            v["id"].as_i64().unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn puback_reason_codes_decide_marking_the_ledger_and_the_exit_status() {
+    let env = TestEnv::new("reasons");
+    env.seed(50);
+    let fake = FakeBroker::start(by_node(|topic| {
+        if topic.contains("node_01") {
+            Reply::AckWith {
+                reason: 0x87,
+                reason_string: Some("denied by policy".into()),
+            }
+        } else if topic.contains("node_02") {
+            Reply::AckWith {
+                reason: 0x90,
+                reason_string: None,
+            }
+        } else if topic.contains("node_03") {
+            Reply::AckWith {
+                reason: 0x10,
+                reason_string: None,
+            }
+        } else {
+            Reply::Ack
+        }
+    }));
+    let (db, url) = (env.db_arg(), fake.url());
+    let run = env.run(&["flush", "--db", &db, "-L", &url, "-V", "5", "--json"]);
+    run.expect_code(77)
+        .expect_one_error_line("0x87 Not authorized (\"denied by policy\")");
+    // 0x00 and 0x10 (no matching subscribers) are accepted.
+    let accepted: BTreeSet<i64> = (1..=50)
+        .filter(|id| [0, 3, 4].contains(&((id - 1) % 5)))
+        .collect();
+    assert_eq!(marked_ids(&env.db(), 64), accepted);
+    assert_eq!(run.json()["refused"], 20);
+    let ledger = failures(&env);
+    assert_eq!(ledger.len(), 20);
+    for f in &ledger {
+        let id = f["row_id"].as_i64().unwrap();
+        let why = f["last_error"].as_str().unwrap();
+        match (id - 1) % 5 {
+            1 => assert!(why.contains("0x87 Not authorized"), "{why}"),
+            2 => assert!(why.contains("0x90 Topic Name invalid"), "{why}"),
+            n => panic!("row {id} of node_0{n} in the ledger: {why}"),
+        }
+    }
+    // Refusals of the message itself alone give 65.
+    let env = TestEnv::new("reasons65");
+    env.seed(10);
+    let fake = FakeBroker::start(by_node(|topic| {
+        if topic.contains("node_02") {
+            Reply::AckWith {
+                reason: 0x99,
+                reason_string: None,
+            }
+        } else {
+            Reply::Ack
+        }
+    }));
+    let (db, url) = (env.db_arg(), fake.url());
+    env.run(&["flush", "--db", &db, "-L", &url, "-V", "auto"])
+        .expect_code(65)
+        .expect_one_error_line("0x99 Payload format invalid");
+    assert_eq!(marked_ids(&env.db(), 64).len(), 8);
+}
+
+#[test]
+fn quota_exceeded_stops_publishing_marks_what_was_accepted_and_charges_nobody() {
+    let env = TestEnv::new("quota");
+    env.seed(100);
+    let fake = FakeBroker::start(FakeConfig {
+        on_publish: Box::new(|p: &Published| {
+            if p.index >= 20 {
+                Reply::AckWith {
+                    reason: 0x97,
+                    reason_string: Some("slow down".into()),
+                }
+            } else {
+                Reply::Ack
+            }
+        }),
+        ..FakeConfig::default()
+    });
+    let (db, url) = (env.db_arg(), fake.url());
+    let run = env.run(&[
+        "flush",
+        "--db",
+        &db,
+        "-L",
+        &url,
+        "-V",
+        "auto",
+        "--inflight",
+        "5",
+        "--json",
+    ]);
+    run.expect_code(75)
+        .expect_one_error_line("0x97 Quota exceeded");
+    let marked = marked_ids(&env.db(), 64);
+    assert_eq!(marked, ids_of(&fake.published()[..20]));
+    // At most the window went out after the first refusal.
+    assert!(fake.published().len() <= 25, "{}", fake.published().len());
+    assert!(failures(&env).is_empty());
+}
+
+#[test]
+fn a_server_disconnect_names_its_reason_and_charges_the_message_only_when_the_code_points_at_one() {
+    for (code, reason, exit, charged) in [
+        (0x95u8, "Packet too large", 65, true),
+        (0x8E, "Session taken over", 75, false),
+    ] {
+        let env = TestEnv::new("disconnect");
+        env.seed(30);
+        let fake = FakeBroker::start(FakeConfig {
+            on_publish: Box::new(move |p: &Published| {
+                if p.index == 9 {
+                    Reply::Disconnect {
+                        reason: code,
+                        reason_string: Some(format!("{reason}!")),
+                        short: false,
+                    }
+                } else {
+                    Reply::Ack
+                }
+            }),
+            ..FakeConfig::default()
+        });
+        let (db, url) = (env.db_arg(), fake.url());
+        let run = env.run(&[
+            "flush",
+            "--db",
+            &db,
+            "-L",
+            &url,
+            "-V",
+            "auto",
+            "--inflight",
+            "1",
+        ]);
+        run.expect_code(exit)
+            .expect_one_error_line(&format!("0x{code:02X} {reason}"));
+        assert_eq!(marked_ids(&env.db(), 64), (1..=9).collect());
+        let ledger = failures(&env);
+        if charged {
+            assert_eq!(ledger.len(), 1, "{ledger:?}");
+            assert_eq!(ledger[0]["row_id"], 10);
+        } else {
+            assert!(ledger.is_empty(), "{ledger:?}");
+        }
+    }
+}
+
+#[test]
+fn a_broker_that_speaks_only_3_1_1_is_reached_in_the_same_run_and_remembered() {
+    for (answer, timeout) in [
+        (V5Connect::CloseWithoutConnack, "10"),
+        (V5Connect::V311ConnackRc1ThenClose, "10"),
+        (V5Connect::Silent, "1"),
+    ] {
+        let env = TestEnv::new("fallback");
+        let mut c = env.seed(20);
+        let fake = FakeBroker::start(FakeConfig {
+            on_v5_connect: answer,
+            ..FakeConfig::default()
+        });
+        let (db, url) = (env.db_arg(), fake.url());
+        let args = [
+            "flush",
+            "--db",
+            &db,
+            "-L",
+            &url,
+            "-V",
+            "auto",
+            "--connect-timeout",
+            timeout,
+            "--json",
+        ];
+        let run = env.run(&args);
+        run.expect_code(0);
+        assert_eq!(run.json()["protocol"], "311");
+        assert_eq!(fake.connects(), vec![5, 4]);
+        assert_eq!(marked_ids(&env.db(), 64).len(), 20);
+        // The next run with something to send connects straight with 3.1.1.
+        util::insert_rows(&mut c, 5, 0);
+        env.run(&args).expect_code(0);
+        assert_eq!(fake.connects(), vec![5, 4, 4]);
+        assert_eq!(marked_ids(&env.db(), 64).len(), 25);
+        let status = env.run(&["status", "--db", &db]);
+        assert!(status.stdout.contains("MQTT 3.1.1"), "{}", status.stdout);
+    }
+}
+
+#[test]
+fn a_broker_that_goes_silent_after_one_message_is_found_by_sending_the_messages_in_doubt_alone() {
+    let env = TestEnv::new("silent-after");
+    env.seed(60);
+    // Row 21's message makes the broker stop acknowledging anything on that
+    // connection, as RabbitMQ does after an oversized message.
+    let fake = FakeBroker::start(FakeConfig {
+        on_publish: Box::new(|p: &Published| {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+            if v["id"] == 21 {
+                Reply::SilentFromNowOn
+            } else {
+                Reply::Ack
+            }
+        }),
+        ..FakeConfig::default()
+    });
+    let (db, url) = (env.db_arg(), fake.url());
+    let args = [
+        "flush",
+        "--db",
+        &db,
+        "-L",
+        &url,
+        "--ack-timeout",
+        "1",
+        "--inflight",
+        "10",
+    ];
+    // The window goes silent: the messages in doubt go one at a time on a
+    // new connection; row 21, alone, gets no PUBACK either, row 22 does: row
+    // 21 is charged and every other row is delivered in this run.
+    let first = env.run(&args);
+    first.expect_code(65);
+    assert!(first.stderr.contains("row 21 not sent"), "{}", first.stderr);
+    // Two --ack-timeouts (the window's, row 21's), and the rest.
+    assert!(
+        first.elapsed < Duration::from_secs(8),
+        "{:?}",
+        first.elapsed
+    );
+    let others: BTreeSet<i64> = (1..=60).filter(|&id| id != 21).collect();
+    assert_eq!(marked_ids(&env.db(), 64), others);
+    let ledger = failures(&env);
+    assert_eq!(ledger.len(), 1);
+    assert_eq!(ledger[0]["row_id"], 21);
+    assert!(
+        ledger[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("did not acknowledge it, sent alone"),
+        "{ledger:?}"
+    );
+    // Later runs try row 21 again, alone, until it is quarantined, and
+    // never mark it: with nothing after it to prove the broker works, the
+    // run ends 75 and row 21 is a suspect; the next one charges it.
+    let second = env.run(&args);
+    second.expect_code(75);
+    let third = env.run(&args);
+    third.expect_code(65);
+    assert_eq!(failures(&env)[0]["attempts"], 2);
+    assert!(!marked_ids(&env.db(), 64).contains(&21));
+}
+
+#[test]
+fn a_refused_puback_for_the_id_a_collided_publish_waits_for_does_not_stall_it() {
+    // Receive Maximum 2: PUBLISH 1 is acknowledged late and refused, PUBLISH
+    // 2 at once, so the third PUBLISH collides on packet id 1. rumqttc 0.25.1
+    // alone would hold it until CollisionTimeout (two keep-alives, 10 s
+    // and more) after the refused PUBACK.
+    let env = TestEnv::new("collision");
+    env.seed(12);
+    let fake = FakeBroker::start(FakeConfig {
+        receive_max: Some(2),
+        on_publish: Box::new(|p: &Published| {
+            if p.index == 0 {
+                Reply::AckAfter {
+                    delay: Duration::from_millis(300),
+                    reason: 0x87,
+                    reason_string: None,
+                }
+            } else {
+                Reply::Ack
+            }
+        }),
+        ..FakeConfig::default()
+    });
+    let (db, url) = (env.db_arg(), fake.url());
+    let run = env.run(&["flush", "--db", &db, "-L", &url, "-V", "5", "-k", "5"]);
+    run.expect_code(77);
+    assert!(run.elapsed < Duration::from_secs(4), "{:?}", run.elapsed);
+    assert_eq!(marked_ids(&env.db(), 64), (2..=12).collect());
+    assert_eq!(fake.published().len(), 12);
+}
+
+/// An MQTT 5 QoS 1 PUBLISH with content type, payload format indicator
+/// and a topic alias, on the wire.
+fn v5_size(topic: usize, payload: usize) -> usize {
+    let props = (2 + 1 + 2 + "application/json".len()) + 3;
+    let remaining = 2 + topic + 2 + 1 + props + payload;
+    let len_bytes = if remaining < 128 { 1 } else { 2 };
+    1 + len_bytes + remaining
+}
+
+#[test]
+fn json_messages_carry_their_content_type_and_repeated_topics_go_as_aliases_under_mqtt_5() {
+    let env = TestEnv::new("props");
+    env.seed(40);
+    let fake = FakeBroker::start(FakeConfig {
+        topic_alias_max: Some(3),
+        ..FakeConfig::default()
+    });
+    let (db, url) = (env.db_arg(), fake.url());
+    // Five topics, three aliases.
+    env.run(&[
+        "flush",
+        "--db",
+        &db,
+        "-L",
+        &url,
+        "-V",
+        "auto",
+        "--inflight",
+        "1",
+        "-t",
+        "sensors/{id_wasp}",
+    ])
+    .expect_code(0);
+    let published = fake.published();
+    assert_eq!(published.len(), 40);
+    assert!(
+        published
+            .iter()
+            .all(|p| p.content_type.as_deref() == Some("application/json"))
+    );
+    assert!(published.iter().all(|p| p.payload_format == Some(1)));
+    // At most three aliases; a topic seen again after its alias was
+    // accepted goes as the alias alone (the fake resolves it back).
+    let aliased: Vec<&Published> = published
+        .iter()
+        .filter(|p| p.topic_alias.is_some())
+        .collect();
+    assert!(aliased.iter().all(|p| p.topic_alias.unwrap() <= 3));
+    // Sent as the alias alone: the packet has no room for the topic.
+    let alias_only = published
+        .iter()
+        .filter(|p| p.topic_alias.is_some() && p.size == v5_size(0, p.payload.len()))
+        .count();
+    assert_eq!(alias_only, 3 * 8 - 3, "{published:?}");
+    assert_eq!(ids_of(&published), (1..=40).collect());
+    assert!(
+        published
+            .iter()
+            .all(|p| p.topic.starts_with("sensors/node_"))
+    );
+}
