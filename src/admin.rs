@@ -17,7 +17,12 @@ use crate::source::{self, Destination, Mode};
 use crate::sys::{out, print_json};
 
 pub fn init(args: &InitArgs) -> Result<Exit> {
-    let target = Target::from_flags(args.db.as_deref(), args.config.as_deref(), args.sync_mask)?;
+    let target = Target::from_flags(
+        args.db.as_deref(),
+        args.db_pw_file.as_deref(),
+        args.config.as_deref(),
+        args.sync_mask,
+    )?;
     source::init(&target)?;
     Ok(Exit::Ok)
 }
@@ -54,7 +59,12 @@ fn age(seconds: i64) -> String {
 
 pub fn status(args: &StatusArgs) -> Result<Exit> {
     let first = args.sync_mask.first().copied();
-    let target = Target::from_flags(args.db.as_deref(), args.config.as_deref(), first)?;
+    let target = Target::from_flags(
+        args.db.as_deref(),
+        args.db_pw_file.as_deref(),
+        args.config.as_deref(),
+        first,
+    )?;
     let mut db = source::open(&target, Mode::ReadOnly)?;
     // The masks asked for; else the config's; else every mask the
     // database has seen, and the default one.
@@ -62,8 +72,13 @@ pub fn status(args: &StatusArgs) -> Result<Exit> {
         args.sync_mask
             .iter()
             .map(|&m| {
-                Target::from_flags(args.db.as_deref(), args.config.as_deref(), Some(m))
-                    .map(|t| t.sync_mask)
+                Target::from_flags(
+                    args.db.as_deref(),
+                    args.db_pw_file.as_deref(),
+                    args.config.as_deref(),
+                    Some(m),
+                )
+                .map(|t| t.sync_mask)
             })
             .collect::<Result<_>>()?
     } else if args.config.is_some() {
@@ -133,7 +148,12 @@ pub fn status(args: &StatusArgs) -> Result<Exit> {
 }
 
 pub fn failures(args: &FailuresArgs) -> Result<Exit> {
-    let target = Target::from_flags(args.db.as_deref(), args.config.as_deref(), args.sync_mask)?;
+    let target = Target::from_flags(
+        args.db.as_deref(),
+        args.db_pw_file.as_deref(),
+        args.config.as_deref(),
+        args.sync_mask,
+    )?;
     let failures = source::open(&target, Mode::ReadOnly)?.failures()?;
     if args.json {
         print_json(&failures);
@@ -153,7 +173,12 @@ pub fn failures(args: &FailuresArgs) -> Result<Exit> {
 }
 
 pub fn requeue(args: &RequeueArgs) -> Result<Exit> {
-    let target = Target::from_flags(args.db.as_deref(), args.config.as_deref(), args.sync_mask)?;
+    let target = Target::from_flags(
+        args.db.as_deref(),
+        args.db_pw_file.as_deref(),
+        args.config.as_deref(),
+        args.sync_mask,
+    )?;
     let ids = match (args.all, args.ids.is_empty()) {
         (true, true) => None,
         (false, false) => Some(args.ids.as_slice()),
@@ -182,7 +207,12 @@ pub fn requeue(args: &RequeueArgs) -> Result<Exit> {
 }
 
 pub fn purge(args: &PurgeArgs) -> Result<Exit> {
-    let target = Target::from_flags(args.db.as_deref(), args.config.as_deref(), None)?;
+    let target = Target::from_flags(
+        args.db.as_deref(),
+        args.db_pw_file.as_deref(),
+        args.config.as_deref(),
+        None,
+    )?;
     let purged = retention::purge(args, &target)?;
     if purged.over_cap
         && let Some(cap) = args.max_rows

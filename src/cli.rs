@@ -7,22 +7,29 @@
 
 use argh::FromArgs;
 
-/// Flush unsent sensor rows from a gateway's SQLite database to an MQTT
-/// broker at QoS 1, marking each row sent only after the broker's PUBACK.
+/// Flush unsent sensor rows from a gateway's database (SQLite, or MySQL/MariaDB
+/// as on a Meshlium) to an MQTT broker at QoS 1, marking each row sent only
+/// after the broker's PUBACK.
 #[derive(FromArgs, Debug)]
 #[argh(
     note = "Run `frameflush <command> --help` for the options of a command. `frameflush --version` prints the version.",
     error_code(0, "every selected row acknowledged and marked, or nothing to send"),
     error_code(64, "bad command line"),
     error_code(65, "some rows could not be turned into a message (the rest went out)"),
-    error_code(66, "database file or table missing"),
+    error_code(66, "database (file, MySQL database) or table missing"),
     error_code(69, "broker unreachable (refused, timed out, DNS)"),
-    error_code(74, "database or its lock file unreadable or unwritable"),
+    error_code(
+        74,
+        "database or its lock file unreadable or unwritable, or the MySQL server unreachable"
+    ),
     error_code(
         75,
         "partial: connection lost, acks not all in before the deadline, or another run holds the lock"
     ),
-    error_code(77, "the broker refused the credentials or the client id"),
+    error_code(
+        77,
+        "the broker refused the credentials or the client id, or the MySQL server the database login"
+    ),
     error_code(78, "invalid configuration")
 )]
 pub struct Cli {
@@ -48,24 +55,33 @@ pub enum Command {
     subcommand,
     name = "flush",
     example = "frameflush flush --db /var/lib/gateway/sensors.db --host broker.example --topic 'sensors/{{id_wasp}}/{{sensor}}'",
-    note = "Topic placeholders: {{id}} {{id_wasp}} {{id_secret}} {{frame_type}} {{frame_number}} {{sensor}} {{value}} {{timestamp}}; {{{{ and }}}} stand for literal braces. The password comes from the environment variable FRAMEFLUSH_PASSWORD or from --pw-file, never from the command line. A successful run prints nothing.",
+    note = "Topic placeholders: {{id}} {{id_wasp}} {{id_secret}} {{frame_type}} {{frame_number}} {{sensor}} {{value}} {{timestamp}}; {{{{ and }}}} stand for literal braces. The password comes from the environment variable FRAMEFLUSH_PASSWORD or from --pw-file, never from the command line; a MySQL password likewise from FRAMEFLUSH_DB_PASSWORD or --db-pw-file. A successful run prints nothing.",
     error_code(0, "every selected row acknowledged and marked, or nothing to send"),
     error_code(64, "bad command line"),
     error_code(65, "some rows could not be turned into a message (the rest went out)"),
-    error_code(66, "database file or table missing"),
+    error_code(66, "database (file, MySQL database) or table missing"),
     error_code(69, "broker unreachable (refused, timed out, DNS)"),
-    error_code(74, "database or its lock file unreadable or unwritable"),
+    error_code(
+        74,
+        "database or its lock file unreadable or unwritable, or the MySQL server unreachable"
+    ),
     error_code(
         75,
         "partial: connection lost, acks not all in before the deadline, or another run holds the lock"
     ),
-    error_code(77, "the broker refused the credentials or the client id"),
+    error_code(
+        77,
+        "the broker refused the credentials or the client id, or the MySQL server the database login"
+    ),
     error_code(78, "invalid configuration")
 )]
 pub struct FlushArgs {
-    /// the SQLite database holding the sensorParser table
+    /// the database holding the sensorParser table: an SQLite file, or mysql://USER@HOST[:PORT]/DATABASE[?socket=PATH] (in a build with the mysql feature)
     #[argh(option)]
     pub db: Option<String>,
+    /// file holding the MySQL password (first line); see also FRAMEFLUSH_DB_PASSWORD
+    #[argh(option)]
+    pub db_pw_file: Option<String>,
     /// JSON file with defaults for any of these options (keys named like the long flags); flags win
     #[argh(option)]
     pub config: Option<String>,
@@ -179,13 +195,16 @@ pub struct FlushArgs {
     pub quiet: bool,
 }
 
-/// Create the sensorParser table and frameflush's index (an existing table is kept as it is).
+/// Create the sensorParser table and frameflush's own tables and index (an existing table is kept as it is).
 #[derive(FromArgs, Debug, Default)]
 #[argh(subcommand, name = "init")]
 pub struct InitArgs {
-    /// the SQLite database to create or complete
+    /// the SQLite database to create or complete, or mysql://USER@HOST[:PORT]/DATABASE[?socket=PATH]
     #[argh(option)]
     pub db: Option<String>,
+    /// file holding the MySQL password (first line); see also FRAMEFLUSH_DB_PASSWORD
+    #[argh(option)]
+    pub db_pw_file: Option<String>,
     /// JSON config file (its db, sync-mask and busy-timeout keys are used)
     #[argh(option)]
     pub config: Option<String>,
@@ -198,9 +217,12 @@ pub struct InitArgs {
 #[derive(FromArgs, Debug, Default)]
 #[argh(subcommand, name = "status")]
 pub struct StatusArgs {
-    /// the SQLite database holding the sensorParser table
+    /// the database holding the sensorParser table: an SQLite file or a mysql:// URL
     #[argh(option)]
     pub db: Option<String>,
+    /// file holding the MySQL password (first line); see also FRAMEFLUSH_DB_PASSWORD
+    #[argh(option)]
+    pub db_pw_file: Option<String>,
     /// JSON config file (its db, sync-mask and busy-timeout keys are used)
     #[argh(option)]
     pub config: Option<String>,
@@ -216,9 +238,12 @@ pub struct StatusArgs {
 #[derive(FromArgs, Debug, Default)]
 #[argh(subcommand, name = "failures")]
 pub struct FailuresArgs {
-    /// the SQLite database holding the sensorParser table
+    /// the database holding the sensorParser table: an SQLite file or a mysql:// URL
     #[argh(option)]
     pub db: Option<String>,
+    /// file holding the MySQL password (first line); see also FRAMEFLUSH_DB_PASSWORD
+    #[argh(option)]
+    pub db_pw_file: Option<String>,
     /// JSON config file (its db, sync-mask and busy-timeout keys are used)
     #[argh(option)]
     pub config: Option<String>,
@@ -234,9 +259,12 @@ pub struct FailuresArgs {
 #[derive(FromArgs, Debug, Default)]
 #[argh(subcommand, name = "requeue")]
 pub struct RequeueArgs {
-    /// the SQLite database holding the sensorParser table
+    /// the database holding the sensorParser table: an SQLite file or a mysql:// URL
     #[argh(option)]
     pub db: Option<String>,
+    /// file holding the MySQL password (first line); see also FRAMEFLUSH_DB_PASSWORD
+    #[argh(option)]
+    pub db_pw_file: Option<String>,
     /// JSON config file (its db, sync-mask and busy-timeout keys are used)
     #[argh(option)]
     pub config: Option<String>,
@@ -259,9 +287,12 @@ pub struct RequeueArgs {
     example = "frameflush purge --db /var/lib/gateway/sensors.db --older-than 30d --require-mask 192 --max-rows 2000000"
 )]
 pub struct PurgeArgs {
-    /// the SQLite database holding the sensorParser table
+    /// the database holding the sensorParser table: an SQLite file or a mysql:// URL
     #[argh(option)]
     pub db: Option<String>,
+    /// file holding the MySQL password (first line); see also FRAMEFLUSH_DB_PASSWORD
+    #[argh(option)]
+    pub db_pw_file: Option<String>,
     /// JSON config file (its db, sync-mask and busy-timeout keys are used)
     #[argh(option)]
     pub config: Option<String>,

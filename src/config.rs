@@ -21,6 +21,10 @@ use crate::tls::{Tls, TlsOptions, secret_file_warning};
 
 /// The environment variable the MQTT password may come from.
 pub const PASSWORD_ENV: &str = "FRAMEFLUSH_PASSWORD";
+/// The environment variable the MySQL password may come from.
+pub const DB_PASSWORD_ENV: &str = "FRAMEFLUSH_DB_PASSWORD";
+/// The MySQL server's port when the URL names none.
+pub const MYSQL_DEFAULT_PORT: u16 = 3306;
 /// Meshlium's MQTT sender bit: the default destination.
 pub const DEFAULT_SYNC_MASK: i64 = 64;
 pub const DEFAULT_TOPIC: &str = "sensors/{id_wasp}/{sensor}";
@@ -28,10 +32,65 @@ pub const DEFAULT_TOPIC: &str = "sensors/{id_wasp}/{sensor}";
 /// Which database and which destination bit a command works on.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub db: PathBuf,
+    pub db: Database,
     /// A single bit: a row is unsent while `sync & sync_mask = 0`.
     pub sync_mask: i64,
     pub busy_timeout: Duration,
+}
+
+/// Where `sensorParser` lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A MySQL or MariaDB database (`--db mysql://…`).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    Mysql(MysqlDb),
+}
+
+/// A MySQL database as `mysql://USER@HOST[:PORT]/DATABASE[?socket=PATH]`
+/// names it, and its password (from the environment or a file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+pub struct MysqlDb {
+    pub user: String,
+    /// As given; an IPv6 literal without brackets.
+    pub host: String,
+    pub port: u16,
+    pub database: String,
+    /// The server's Unix socket, used instead of TCP when given.
+    pub socket: Option<PathBuf>,
+    pub password: Option<Secret>,
+}
+
+impl Database {
+    /// The database as shown to people (errors, metrics labels): the file's
+    /// path, or the URL (which never holds the password).
+    pub fn display(&self) -> String {
+        match self {
+            Database::Sqlite(path) => path.display().to_string(),
+            Database::Mysql(m) => m.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for MysqlDb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        write!(f, "mysql://{}@{host}", self.user)?;
+        if self.port != MYSQL_DEFAULT_PORT {
+            write!(f, ":{}", self.port)?;
+        }
+        write!(f, "/{}", self.database)?;
+        if let Some(s) = &self.socket {
+            write!(f, "?socket={}", s.display())?;
+        }
+        Ok(())
+    }
 }
 
 /// Everything `flush` needs, validated.
@@ -167,6 +226,7 @@ impl fmt::Debug for Secret {
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 struct FileSettings {
     db: Option<String>,
+    db_pw_file: Option<String>,
     host: Option<String>,
     port: Option<u16>,
     url: Option<String>,
@@ -306,12 +366,54 @@ fn read_file_settings(path: Option<&str>) -> Result<FileSettings> {
 
 fn target(
     db: Option<Val<String>>,
+    db_pw_file: Option<Val<String>>,
     sync_mask: Option<Val<u64>>,
     busy_timeout: Option<Val<f64>>,
+    env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
+    warnings: &mut Vec<String>,
 ) -> Result<Target> {
     let db = match db {
         Some(db) if db.v.is_empty() => return Err(db.bad("is empty: give the database file")),
-        Some(db) => PathBuf::from(db.v),
+        Some(db) if db.v.starts_with("mysql://") => {
+            let mut m = parse_mysql_url(&db.v).map_err(|why| db.bad(why))?;
+            if !cfg!(feature = "mysql") {
+                return Err(db.bad(
+                    "names a MySQL database, but this frameflush was built without MySQL \
+                     support: build it with `cargo build --release --features mysql`",
+                ));
+            }
+            m.password = match db_pw_file {
+                Some(f) if f.v.is_empty() => {
+                    return Err(f.bad("is empty: give the password file"));
+                }
+                Some(f) => {
+                    let path = Path::new(&f.v);
+                    let secret = read_password_file(path)?;
+                    warnings.extend(secret_file_warning(path, "database password file"));
+                    Some(secret)
+                }
+                None => match env(DB_PASSWORD_ENV) {
+                    None => None,
+                    Some(p) => match p.into_string() {
+                        Ok(p) => Some(Secret(p)),
+                        Err(_) => {
+                            return Err(Error::config(format!(
+                                "{DB_PASSWORD_ENV} is not valid UTF-8"
+                            )));
+                        }
+                    },
+                },
+            };
+            Database::Mysql(m)
+        }
+        Some(db) => {
+            if let Some(f) = db_pw_file {
+                return Err(f.bad(
+                    "has no effect with an SQLite database: a password is for a mysql:// database",
+                ));
+            }
+            Database::Sqlite(PathBuf::from(db.v))
+        }
         None => return Err(Error::usage("no database given: use --db PATH")),
     };
     let sync_mask = match sync_mask {
@@ -334,6 +436,96 @@ fn target(
     })
 }
 
+/// The parts of `mysql://USER@HOST[:PORT]/DATABASE[?socket=PATH]`. The
+/// reasons never quote the URL: it might hold a password by mistake.
+fn parse_mysql_url(s: &str) -> std::result::Result<MysqlDb, String> {
+    const FORM: &str = "mysql://USER@HOST[:PORT]/DATABASE[?socket=PATH]";
+    let rest = s.strip_prefix("mysql://").unwrap_or(s);
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
+    };
+    let Some((authority, database)) = rest.split_once('/') else {
+        return Err(format!("names no database: use {FORM}"));
+    };
+    let Some((user, hostport)) = authority.rsplit_once('@') else {
+        return Err(format!("names no user: use {FORM}"));
+    };
+    if user.contains(':') {
+        return Err(format!(
+            "a password does not belong in the URL; use the environment variable {DB_PASSWORD_ENV} or --db-pw-file"
+        ));
+    }
+    if user.is_empty() {
+        return Err("has an empty user name before '@'".into());
+    }
+    if user.len() > 80 || user.chars().any(|c| c.is_control() || c == '/') {
+        return Err(
+            "has a user name MySQL cannot have (at most 80 characters, no control characters)"
+                .into(),
+        );
+    }
+    let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
+        let Some(end) = inner.find(']') else {
+            return Err("has an unclosed '[' in the host".to_string());
+        };
+        let after = &inner[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err("has text after the ']' of the host".to_string()),
+        };
+        (&inner[..end], port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("has no host, or one with spaces".to_string());
+    }
+    let port = match port {
+        None => MYSQL_DEFAULT_PORT,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return Err(format!("has a bad port {p:?} (1 to 65535)")),
+        },
+    };
+    if database.is_empty() {
+        return Err(format!("names no database: use {FORM}"));
+    }
+    if database.len() > 64
+        || database
+            .chars()
+            .any(|c| c.is_control() || matches!(c, '/' | '\\' | '.' | '`' | '#'))
+    {
+        return Err(
+            "has a database name MySQL cannot have (at most 64 characters; no / \\ . ` #)".into(),
+        );
+    }
+    let mut socket = None;
+    if let Some(q) = query {
+        for pair in q.split('&') {
+            match pair.split_once('=') {
+                Some(("socket", p)) if p.starts_with('/') => socket = Some(PathBuf::from(p)),
+                Some(("socket", _)) => {
+                    return Err("has a socket that is not an absolute path (?socket=/run/mysqld/mysqld.sock)".into());
+                }
+                _ => return Err("has an unknown parameter: only ?socket=PATH is understood".into()),
+            }
+        }
+    }
+    Ok(MysqlDb {
+        user: user.to_string(),
+        host: host.to_string(),
+        port,
+        database: database.to_string(),
+        socket,
+        password: None,
+    })
+}
+
 /// Seconds as a Duration: finite, not negative, at most a day; zero only
 /// where `zero_ok`.
 fn seconds(val: Option<Val<f64>>, default: f64, zero_ok: bool) -> Result<Duration> {
@@ -351,27 +543,30 @@ fn seconds(val: Option<Val<f64>>, default: f64, zero_ok: bool) -> Result<Duratio
 }
 
 impl Target {
-    /// The database and mask of `init`, `status`, `failures` and `requeue`:
-    /// from their flags and the config file's `db`, `sync-mask` and
-    /// `busy-timeout` keys.
+    /// The database and mask of `init`, `status`, `failures`, `requeue` and
+    /// `purge`: from their flags and the config file's `db`, `db-pw-file`,
+    /// `sync-mask` and `busy-timeout` keys, and the environment's
+    /// FRAMEFLUSH_DB_PASSWORD.
     pub fn from_flags(
         db: Option<&str>,
+        db_pw_file: Option<&str>,
         config: Option<&str>,
         sync_mask: Option<u64>,
     ) -> Result<Target> {
         let file = read_file_settings(config)?;
+        let env = |k: &str| std::env::var_os(k);
         target(
             pick("db", db.map(str::to_string), file.db),
+            pick(
+                "db-pw-file",
+                db_pw_file.map(str::to_string),
+                file.db_pw_file,
+            ),
             pick("sync-mask", sync_mask, file.sync_mask),
             pick("busy-timeout", None, file.busy_timeout),
+            &env,
+            &mut Vec::new(),
         )
-    }
-
-    /// The lock file of this database and destination bit.
-    pub fn lock_path(&self) -> PathBuf {
-        let mut name = self.db.as_os_str().to_owned();
-        name.push(format!(".frameflush-{}.lock", self.sync_mask));
-        PathBuf::from(name)
     }
 }
 
@@ -479,10 +674,18 @@ impl Config {
         env: &dyn Fn(&str) -> Option<std::ffi::OsString>,
     ) -> Result<Config> {
         let file = read_file_settings(args.config.as_deref())?;
+        let mut warnings = Vec::new();
         let target = target(
             pick("db", args.db.clone(), file.db.clone()),
+            pick(
+                "db-pw-file",
+                args.db_pw_file.clone(),
+                file.db_pw_file.clone(),
+            ),
             pick("sync-mask", args.sync_mask, file.sync_mask),
             pick("busy-timeout", args.busy_timeout, file.busy_timeout),
+            env,
+            &mut warnings,
         )?;
 
         // The URL expands, in its own layer, into host, port, user and topic.
@@ -537,7 +740,6 @@ impl Config {
                     .to_string()
             }
         };
-        let mut warnings = Vec::new();
         let tls = tls_settings(args, &file, url_tls, env, &mut warnings)?;
         let port = match pick_or_url("port", args.port, au_port, file.port, fu_port) {
             None if tls.is_some() => 8883,
@@ -999,5 +1201,83 @@ mod tests {
         a.sync_mask = Some(128);
         let c = Config::build(&a, &no_env).unwrap();
         assert_eq!(c.broker.client_id, format!("frameflush-{}-128", hostname()));
+    }
+
+    #[test]
+    fn mysql_urls_split_into_user_host_port_database_and_socket() {
+        let m = parse_mysql_url("mysql://root@localhost/MeshliumDB").unwrap();
+        assert_eq!(
+            (
+                m.user.as_str(),
+                m.host.as_str(),
+                m.port,
+                m.database.as_str()
+            ),
+            ("root", "localhost", 3306, "MeshliumDB")
+        );
+        assert_eq!(m.socket, None);
+        assert_eq!(m.to_string(), "mysql://root@localhost/MeshliumDB");
+        let m = parse_mysql_url("mysql://u@[::1]:3307/db?socket=/run/mysqld/mysqld.sock").unwrap();
+        assert_eq!((m.host.as_str(), m.port), ("::1", 3307));
+        assert_eq!(m.socket, Some(PathBuf::from("/run/mysqld/mysqld.sock")));
+        assert_eq!(
+            m.to_string(),
+            "mysql://u@[::1]:3307/db?socket=/run/mysqld/mysqld.sock"
+        );
+        for bad in [
+            "mysql://",
+            "mysql://localhost/db",
+            "mysql://@localhost/db",
+            "mysql://root@localhost",
+            "mysql://root@localhost/",
+            "mysql://root@/db",
+            "mysql://root@h:0/db",
+            "mysql://root@h:99999/db",
+            "mysql://root@h/a.b",
+            "mysql://root@h/db?socket=relative.sock",
+            "mysql://root@h/db?ssl=1",
+            "mysql://root@[::1/db",
+        ] {
+            assert!(parse_mysql_url(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn a_password_in_a_mysql_url_is_refused_without_being_repeated() {
+        let mut a = args("mysql://root:hunter2@localhost/MeshliumDB");
+        let e = Config::build(&a, &no_env).map(|_| ()).unwrap_err();
+        assert_eq!(e.exit, Exit::Usage);
+        assert!(!e.message.contains("hunter2"), "{}", e.message);
+        assert!(e.message.contains(DB_PASSWORD_ENV), "{}", e.message);
+        a.db = Some("x.db".into());
+        a.db_pw_file = Some("pw".into());
+        let e = Config::build(&a, &no_env).map(|_| ()).unwrap_err();
+        assert!(e.message.contains("--db-pw-file"), "{}", e.message);
+    }
+
+    #[cfg(feature = "mysql")]
+    #[test]
+    fn the_mysql_password_comes_from_the_environment_and_never_prints() {
+        let env = |k: &str| (k == DB_PASSWORD_ENV).then(|| "libelium2007".into());
+        let c = Config::build(&args("mysql://root@localhost/MeshliumDB"), &env).unwrap();
+        assert!(!format!("{c:?}").contains("libelium2007"));
+        let Database::Mysql(m) = &c.target.db else {
+            panic!("not a MySQL target: {:?}", c.target.db)
+        };
+        assert_eq!(
+            m.password.as_ref().map(Secret::expose),
+            Some("libelium2007")
+        );
+        assert_eq!(c.target.db.display(), "mysql://root@localhost/MeshliumDB");
+    }
+
+    #[cfg(not(feature = "mysql"))]
+    #[test]
+    fn a_mysql_url_in_a_build_without_the_feature_says_how_to_build_one() {
+        let e = Config::build(&args("mysql://root@localhost/MeshliumDB"), &no_env)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(e.exit, Exit::Usage);
+        assert!(e.message.contains("--features mysql"), "{}", e.message);
     }
 }

@@ -1,11 +1,12 @@
-//! frameflush: flush unsent sensor rows from a gateway's SQLite database to
-//! an MQTT broker at QoS 1, marking each row sent only after its PUBACK.
+//! frameflush: flush unsent sensor rows from a gateway's database (SQLite,
+//! or MySQL/MariaDB with the cargo feature `mysql`) to an MQTT broker at
+//! QoS 1, marking each row sent only after its PUBACK.
 //!
 //! `main` stays thin: parse the command line, build the validated
 //! configuration, run the command, print the one error line and exit with
 //! its status. The map of the rest: `cli` (syntax) → `config` (meaning) →
-//! `run` (one flush: `source` (`sqlite`, its `lock`), `template` over
-//! `row`, `publish`);
+//! `run` (one flush: `source` (`sqlite` with its `lock`, `mysql`),
+//! `template` over `row`, `publish`);
 //! `error` holds the one error type and the exit statuses.
 
 mod admin;

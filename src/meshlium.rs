@@ -425,6 +425,9 @@ const MESHLIUM_MESSAGE: &str = "#SENSOR#|#VALUE#|#TIMESTAMP#";
 const MESHLIUM_SYNC_MASK: u64 = 64;
 /// Where Meshlium keeps these files.
 const MESHLIUM_DIR: &str = "/mnt/lib/cfg/mqtt";
+/// Where a Meshlium keeps `sensorParser`: its MySQL database, as the
+/// factory user.
+const MESHLIUM_DB: &str = "mysql://root@localhost/MeshliumDB";
 
 /// The `[mqtt]` keys frameflush knows what to do with.
 const KNOWN_KEYS: [&str; 9] = [
@@ -935,6 +938,14 @@ pub fn import(dir: &Path) -> Result<(Value, Vec<String>)> {
     };
     out.insert("message".into(), message.into());
 
+    out.insert("db".into(), MESHLIUM_DB.into());
+    notes.push(format!(
+        "\"db\": {MESHLIUM_DB:?} is Meshlium's own MySQL database (it needs a frameflush built with \
+         --features mysql); its password (the factory one unless it was changed) goes into a file \
+         readable only by frameflush's user, named by the \"db-pw-file\" key or --db-pw-file, \
+         never into the config; add ?socket=/var/run/mysqld/mysqld.sock to the URL if the server \
+         does not listen on TCP"
+    ));
     out.insert("sync-mask".into(), MESHLIUM_SYNC_MASK.into());
     notes.push(format!(
         "\"sync-mask\": {MESHLIUM_SYNC_MASK} is the bit Meshlium's own MQTT sender sets: stop \
@@ -1451,6 +1462,7 @@ mod tests {
             json,
             serde_json::json!({
                 "batch": 200,
+                "db": "mysql://root@localhost/MeshliumDB",
                 "host": "broker.example.com",
                 "id": "Meshlium_A1",
                 "message": "{\"value\":\"#VALUE#\",\n \"ts\":\"#TS(\"c\")#\"}",
@@ -1462,7 +1474,9 @@ mod tests {
         );
         // Stable key order.
         assert!(
-            json.to_string().starts_with("{\"batch\":200,\"host\":"),
+            json.to_string().starts_with(
+                "{\"batch\":200,\"db\":\"mysql://root@localhost/MeshliumDB\",\"host\":"
+            ),
             "{json}"
         );
         assert!(
@@ -1478,6 +1492,10 @@ mod tests {
         );
         assert!(
             has_note(&notes, &["\"sync-mask\": 64", "stop"]),
+            "{notes:#?}"
+        );
+        assert!(
+            has_note(&notes, &["MeshliumDB", "db-pw-file", "socket"]),
             "{notes:#?}"
         );
         assert!(
@@ -1840,6 +1858,7 @@ mod tests {
         let (json, _) = dir.import().unwrap();
         let known = [
             "batch",
+            "db",
             "host",
             "id",
             "message",
@@ -1851,7 +1870,7 @@ mod tests {
         ];
         let keys: Vec<&String> = json.as_object().unwrap().keys().collect();
         assert!(keys.iter().all(|k| known.contains(&k.as_str())), "{keys:?}");
-        assert_eq!(keys.len(), 8, "{keys:?}");
+        assert_eq!(keys.len(), 9, "{keys:?}");
     }
 
     #[test]

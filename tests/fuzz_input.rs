@@ -531,6 +531,8 @@ fn flush_flags(env: &TestEnv) -> Vec<Flag> {
 enum Kind {
     /// A file name: only "" is certainly bad.
     Path,
+    /// `--db`: a file name or a `mysql://` URL; "" and broken URLs are bad.
+    Db,
     Host,
     /// An integer of a type whose largest value is `max`, valid in lo..=hi.
     Int {
@@ -567,7 +569,10 @@ enum Kind {
 /// yet, which fails the tests until a bad-value generator is added.
 fn kind_of(name: &str) -> Option<Kind> {
     Some(match name {
-        "db" | "config" | "pw-file" | "cafile" | "cert" | "key" | "metrics-file" => Kind::Path,
+        "db" => Kind::Db,
+        "config" | "pw-file" | "db-pw-file" | "cafile" | "cert" | "key" | "metrics-file" => {
+            Kind::Path
+        }
         "alpn" => Kind::Alpn,
         "host" => Kind::Host,
         "port" | "inflight" => Kind::Int {
@@ -620,6 +625,7 @@ fn kind_of(name: &str) -> Option<Kind> {
 fn accepts(kind: Kind, v: &str) -> Option<bool> {
     Some(match kind {
         Kind::Path => !v.is_empty(),
+        Kind::Db => return None,
         Kind::Host => !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c == '/'),
         Kind::Int { max, lo, hi } => v
             .parse::<u64>()
@@ -767,6 +773,25 @@ fn bad_table(kind: Kind) -> Vec<String> {
     ];
     match kind {
         Kind::Path => s(&[""]),
+        Kind::Db => {
+            let mut v = s(&[
+                "",
+                "mysql://",
+                "mysql://localhost/MeshliumDB",
+                "mysql://@localhost/MeshliumDB",
+                "mysql://root@localhost",
+                "mysql://root@localhost/",
+                "mysql://root@/MeshliumDB",
+                "mysql://root@localhost:0/MeshliumDB",
+                "mysql://root@localhost:65536/MeshliumDB",
+                "mysql://root@localhost/Meshlium.DB",
+                "mysql://root@[::1/MeshliumDB",
+                "mysql://root@localhost/MeshliumDB?ssl=1",
+                "mysql://root@localhost/MeshliumDB?socket=relative.sock",
+            ]);
+            v.push(format!("mysql://root:{SECRET}@localhost/MeshliumDB"));
+            v
+        }
         Kind::Host => s(&[
             "",
             " ",
@@ -1010,6 +1035,10 @@ fn random_bad(rng: &mut Rng, kind: Kind) -> String {
     for _ in 0..1000 {
         let v = match kind {
             Kind::Path | Kind::Switch => String::new(),
+            Kind::Db => {
+                let table = bad_table(Kind::Db);
+                rng.pick(&table).clone()
+            }
             Kind::Host => {
                 if rng.range(0, 8) == 0 {
                     String::new()
@@ -1100,7 +1129,7 @@ fn random_bad(rng: &mut Rng, kind: Kind) -> String {
             },
         };
         if accepts(kind, &v) == Some(false)
-            || matches!(kind, Kind::Path | Kind::Switch | Kind::Message)
+            || matches!(kind, Kind::Path | Kind::Db | Kind::Switch | Kind::Message)
         {
             return v;
         }

@@ -162,6 +162,12 @@ fn import_meshlium_prints_a_config_that_flush_accepts_and_keeps_the_password_out
     assert_eq!(config["topic"], "meshlium/#ID_WASP#/#SENSOR#");
     assert_eq!(config["message"], "#SENSOR#|#VALUE#|#TS(\"U\")#");
     assert_eq!(config["sync-mask"], 64);
+    assert_eq!(config["db"], "mysql://root@localhost/MeshliumDB");
+    assert!(
+        run.stderr.contains("db-pw-file"),
+        "the user is told where the database password goes: {run:#?}"
+    );
+    assert!(!run.stderr.contains("libelium2007"), "{run:#?}");
     assert_eq!(config["id"], "Meshlium4711");
     env.write("config.json", &run.stdout);
     let db = env.db_arg();

@@ -18,11 +18,13 @@
 //! the interface. The dynamic call costs nothing measurable: it happens once
 //! per chunk of rows, not once per row.
 
+#[cfg(feature = "mysql")]
+pub mod mysql;
 pub mod sqlite;
 
 use serde::Serialize;
 
-use crate::config::Target;
+use crate::config::{Database, Target};
 use crate::error::{Exit, Result};
 use crate::row::Row;
 
@@ -166,15 +168,11 @@ pub trait Source {
     /// The query plan of the unsent-row selection, for tests and `-d`.
     fn selection_plan(&self) -> Result<String>;
 
-    // Used by the MQTT session (the protocol a broker accepted) and the
-    // MySQL high-water mark, both on their way.
-    #[allow(dead_code)]
     /// A value of frameflush's own state (the high-water mark, the MQTT
     /// protocol a broker accepted, …), `None` when never set. Keys are
     /// chosen by the caller; one that depends on the destination names it.
     fn state(&self, key: &str) -> Result<Option<String>>;
 
-    #[allow(dead_code)]
     /// Sets a value of frameflush's own state, creating its table when
     /// missing.
     fn set_state(&mut self, key: &str, value: &str) -> Result<()>;
@@ -200,12 +198,33 @@ pub trait Source {
 /// database or table is 66, one that cannot be used (or, in ReadWrite,
 /// written) is 74.
 pub fn open(target: &Target, mode: Mode) -> Result<Box<dyn Source>> {
-    Ok(Box::new(sqlite::Sqlite::open(target, mode)?))
+    Ok(match &target.db {
+        Database::Sqlite(file) => Box::new(sqlite::Sqlite::open(file, target, mode)?),
+        #[cfg(feature = "mysql")]
+        Database::Mysql(db) => Box::new(mysql::Mysql::open(db, target, mode)?),
+        #[cfg(not(feature = "mysql"))]
+        Database::Mysql(_) => return Err(no_mysql()),
+    })
 }
 
 /// `frameflush init`: creates the database where the source allows it, the
 /// table when missing (never altering an existing one) and frameflush's own
 /// tables.
 pub fn init(target: &Target) -> Result<Box<dyn Source>> {
-    Ok(Box::new(sqlite::Sqlite::init(target)?))
+    Ok(match &target.db {
+        Database::Sqlite(file) => Box::new(sqlite::Sqlite::init(file, target)?),
+        #[cfg(feature = "mysql")]
+        Database::Mysql(db) => Box::new(mysql::Mysql::init(db, target)?),
+        #[cfg(not(feature = "mysql"))]
+        Database::Mysql(_) => return Err(no_mysql()),
+    })
+}
+
+/// Configuration refuses a mysql:// database in a build without the
+/// feature; this is the same refusal, should one get this far.
+#[cfg(not(feature = "mysql"))]
+fn no_mysql() -> crate::error::Error {
+    crate::error::Error::config(
+        "this frameflush was built without MySQL support: build it with `cargo build --release --features mysql`",
+    )
 }

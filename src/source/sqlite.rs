@@ -18,7 +18,7 @@
 //! instead of failing, and no write lock is ever held while waiting on the
 //! network.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
@@ -105,6 +105,14 @@ pub struct Sqlite {
     state_table: bool,
 }
 
+/// The lock file of a database and destination bit:
+/// `DB.frameflush-MASK.lock`, beside the database.
+fn lock_path(file: &Path, mask: i64) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(format!(".frameflush-{mask}.lock"));
+    PathBuf::from(name)
+}
+
 fn index_name(mask: i64) -> String {
     format!("frameflush_unsent_{mask}")
 }
@@ -113,9 +121,9 @@ impl Sqlite {
     /// Opens an existing database and checks its table. A missing file or
     /// table is exit 66; a file SQLite cannot use, or (in ReadWrite) cannot
     /// write, is 74.
-    pub fn open(target: &Target, mode: Mode) -> Result<Sqlite> {
-        let path = target.db.display().to_string();
-        match std::fs::metadata(&target.db) {
+    pub fn open(file: &Path, target: &Target, mode: Mode) -> Result<Sqlite> {
+        let path = file.display().to_string();
+        match std::fs::metadata(file) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::new(
                     Exit::NoInput,
@@ -142,19 +150,19 @@ impl Sqlite {
             Mode::ReadWrite => OpenFlags::SQLITE_OPEN_READ_WRITE,
             Mode::ReadOnly => OpenFlags::SQLITE_OPEN_READ_ONLY,
         } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&target.db, flags)
+        let conn = Connection::open_with_flags(file, flags)
             .map_err(|e| db_error(&path, "open", e, 0.0))?;
-        Sqlite::checked(conn, target, mode)
+        Sqlite::checked(conn, file, target, mode)
     }
 
     /// Creates the database file if needed, the table if missing, and the
     /// mask's index: `frameflush init`.
-    pub fn init(target: &Target) -> Result<Sqlite> {
-        let path = target.db.display().to_string();
+    pub fn init(file: &Path, target: &Target) -> Result<Sqlite> {
+        let path = file.display().to_string();
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_CREATE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&target.db, flags)
+        let conn = Connection::open_with_flags(file, flags)
             .map_err(|e| db_error(&path, "create", e, 0.0))?;
         conn.busy_timeout(target.busy_timeout)
             .map_err(|e| db_error(&path, "open", e, 0.0))?;
@@ -171,13 +179,13 @@ impl Sqlite {
         }
         conn.execute_batch(CREATE_TABLE)
             .map_err(|e| db_error(&path, "create the table in", e, busy))?;
-        let mut db = Sqlite::checked(conn, target, Mode::ReadWrite)?;
+        let mut db = Sqlite::checked(conn, file, target, Mode::ReadWrite)?;
         db.ensure_schema()?;
         Ok(db)
     }
 
-    fn checked(conn: Connection, target: &Target, mode: Mode) -> Result<Sqlite> {
-        let path = target.db.display().to_string();
+    fn checked(conn: Connection, file: &Path, target: &Target, mode: Mode) -> Result<Sqlite> {
+        let path = file.display().to_string();
         let busy_secs = target.busy_timeout.as_secs_f64();
         conn.busy_timeout(target.busy_timeout)
             .map_err(|e| db_error(&path, "open", e, 0.0))?;
@@ -186,7 +194,7 @@ impl Sqlite {
             mask: target.sync_mask,
             path,
             busy_secs,
-            lock_path: target.lock_path(),
+            lock_path: lock_path(file, target.sync_mask),
             lock: None,
             indexed: false,
             own_tables: false,
@@ -860,7 +868,7 @@ mod tests {
 
     fn target(dir: &Path, mask: i64) -> Target {
         Target {
-            db: dir.join("t.db"),
+            db: crate::config::Database::Sqlite(dir.join("t.db")),
             sync_mask: mask,
             busy_timeout: Duration::from_secs(1),
         }
@@ -876,7 +884,7 @@ mod tests {
     #[test]
     fn the_selection_of_unsent_rows_uses_the_partial_index_not_a_table_scan() {
         let d = tempdir("plan");
-        let db = Sqlite::init(&target(&d, 64)).unwrap();
+        let db = Sqlite::init(&d.join("t.db"), &target(&d, 64)).unwrap();
         let plan = db.selection_plan().unwrap();
         assert!(plan.contains("USING INDEX frameflush_unsent_64"), "{plan}");
         assert!(!plan.contains("SCAN"), "{plan}");
@@ -886,7 +894,7 @@ mod tests {
     #[test]
     fn marking_sets_only_this_masks_bit_and_leaves_the_others() {
         let d = tempdir("mark");
-        let mut db = Sqlite::init(&target(&d, 64)).unwrap();
+        let mut db = Sqlite::init(&d.join("t.db"), &target(&d, 64)).unwrap();
         db.conn
             .execute_batch(
                 "INSERT INTO sensorParser (id_wasp, sensor, value, sync) VALUES ('n', 'TC', '1', 0), ('n', 'TC', '2', 5), ('n', 'TC', '3', 64)",
@@ -912,13 +920,13 @@ mod tests {
     fn own_state_is_kept_by_key_and_overwritten() {
         let d = tempdir("state");
         let t = target(&d, 64);
-        let mut db = Sqlite::init(&t).unwrap();
+        let mut db = Sqlite::init(&d.join("t.db"), &t).unwrap();
         assert_eq!(db.state("hwm:64").unwrap(), None);
         db.set_state("hwm:64", "10").unwrap();
         db.set_state("mqtt:localhost:1883", "5").unwrap();
         db.set_state("hwm:64", "42").unwrap();
         drop(db);
-        let db = Sqlite::open(&t, Mode::ReadOnly).unwrap();
+        let db = Sqlite::open(&d.join("t.db"), &t, Mode::ReadOnly).unwrap();
         assert_eq!(db.state("hwm:64").unwrap().as_deref(), Some("42"));
         assert_eq!(
             db.state("mqtt:localhost:1883").unwrap().as_deref(),
@@ -931,11 +939,11 @@ mod tests {
     fn a_database_from_before_the_state_table_gets_it_on_the_first_write() {
         let d = tempdir("state-old");
         let t = target(&d, 64);
-        let conn = Connection::open(&t.db).unwrap();
+        let conn = Connection::open(d.join("t.db")).unwrap();
         conn.execute_batch(CREATE_TABLE).unwrap();
         drop(conn);
         // A database of the release before: failures and runs, no state.
-        let conn = Connection::open(&t.db).unwrap();
+        let conn = Connection::open(d.join("t.db")).unwrap();
         conn.execute_batch(
             "CREATE TABLE frameflush_failures (sync_mask INTEGER NOT NULL, row_id INTEGER NOT NULL,
                attempts INTEGER NOT NULL, last_error TEXT NOT NULL, first_failed_at TEXT NOT NULL,
@@ -946,11 +954,11 @@ mod tests {
         )
         .unwrap();
         drop(conn);
-        let ro = Sqlite::open(&t, Mode::ReadOnly).unwrap();
+        let ro = Sqlite::open(&d.join("t.db"), &t, Mode::ReadOnly).unwrap();
         assert_eq!(ro.state("k").unwrap(), None);
         assert_eq!(ro.failures().unwrap().len(), 1, "failures stay visible");
         drop(ro);
-        let mut db = Sqlite::open(&t, Mode::ReadWrite).unwrap();
+        let mut db = Sqlite::open(&d.join("t.db"), &t, Mode::ReadWrite).unwrap();
         db.set_state("k", "v").unwrap();
         assert_eq!(db.state("k").unwrap().as_deref(), Some("v"));
         let _ = std::fs::remove_dir_all(&d);

@@ -1,11 +1,15 @@
 //! The shared harness of the integration tests: a temporary directory with
 //! a seeded SQLite database, a mosquitto of the test's own on a free port of
 //! 127.0.0.1, a subscriber connected straight to it, and the built binary
-//! run with a cleared environment and a time limit.
+//! run with a cleared environment and a time limit; with the cargo feature
+//! `mysql`, a MariaDB server of the tests' own ([`mariadb`]).
 //!
 //! Everything is bounded: every wait has a deadline, every process is killed
 //! when its owner is dropped.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+#[cfg(feature = "mysql")]
+pub mod mariadb;
 
 use std::collections::BTreeSet;
 use std::io::Read as _;

@@ -1,0 +1,761 @@
+//! The MySQL/MariaDB source (cargo feature `mysql`) against a real MariaDB
+//! started by the test binary (tests/util/mariadb.rs) and real mosquitto
+//! brokers: Meshlium's own tables, a producer inserting concurrently
+//! (MyISAM, and InnoDB with commits out of id order), killed processes, a
+//! cut link, overlapping runs, a stopped server, a wrong password, and the
+//! idle cost on a million marked rows. Each test works in a database of its
+//! own; every loop is bounded in rounds and time.
+#![cfg(feature = "mysql")]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mysql::prelude::Queryable;
+
+use util::mariadb::{self, MESHLIUM_313, MESHLIUM_NEWER, MariaDb, TestDb, insert_rows};
+use util::{Broker, Fault, Proxy, Rng, Subscriber, TestEnv};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn newer(engine: &str) -> String {
+    MESHLIUM_NEWER.replace("{engine}", engine)
+}
+
+/// Messages per id received under `prefix/` (topics `prefix/{id}`).
+fn received_under(sub: &Subscriber, prefix: &str) -> BTreeMap<i64, usize> {
+    let mut counts = BTreeMap::new();
+    for m in sub.messages() {
+        if let Some(id) = m
+            .topic
+            .strip_prefix(prefix)
+            .and_then(|t| t.strip_prefix('/'))
+        {
+            *counts.entry(id.parse::<i64>().unwrap()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn wait_received(sub: &Subscriber, prefix: &str, want: &BTreeSet<i64>) -> BTreeMap<i64, usize> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let got = received_under(sub, prefix);
+        if want.iter().all(|id| got.contains_key(id)) || Instant::now() > deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            return received_under(sub, prefix);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// 10,000 rows with gaps (deleted rows), other destinations' bits and rows
+/// already sent: all unsent ones delivered once, in id order; the other
+/// bits and the timestamps kept; a second run sends nothing and connects to
+/// no broker.
+fn a_backlog_in(create: &str, label: &str) {
+    let env = TestEnv::new(label);
+    let db = TestDb::new(label);
+    let mut c = db.create(create);
+    insert_rows(&mut c, 10_000, 0);
+    c.query_drop("UPDATE sensorParser SET sync = 5 WHERE id % 7 = 0")
+        .unwrap();
+    c.query_drop("UPDATE sensorParser SET sync = 66 WHERE id % 11 = 0")
+        .unwrap();
+    c.query_drop("DELETE FROM sensorParser WHERE id % 13 = 0")
+        .unwrap();
+    let before = db.sync_bits();
+    let expected: Vec<i64> = before
+        .iter()
+        .filter(|(_, s)| s & 64 == 0)
+        .map(|(id, _)| *id)
+        .collect();
+    assert!(expected.len() > 8_000);
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "sensors/#");
+    let (url, burl) = (db.url(), broker.url());
+    let run = mariadb::run(&env, &["flush", "--db", &url, "-L", &burl]);
+    run.expect_code(0);
+    assert_eq!(run.stderr, "", "{run:#?}");
+    let got = sub.wait_for(expected.len(), WAIT);
+    let ids: Vec<i64> = got.iter().map(util::Received::id).collect();
+    assert_eq!(ids, expected, "{label}: complete, once each, in id order");
+    let first: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
+    assert_eq!(first["timestamp"], "2026-11-24 10:00:00");
+    assert_eq!(first["frame_type"], 134);
+    assert_eq!(first["id_wasp"], "node_00");
+    assert_eq!(got[0].topic, "sensors/node_00/TC");
+    let after = db.sync_bits();
+    let want: Vec<(i64, i64)> = before.iter().map(|&(id, s)| (id, s | 64)).collect();
+    assert_eq!(after, want, "{label}: the bit set, the others kept");
+    let stamps: Vec<String> = c
+        .query("SELECT DISTINCT CAST(`timestamp` AS CHAR) FROM sensorParser")
+        .unwrap();
+    assert_eq!(stamps, ["2026-11-24 10:00:00"], "timestamps unchanged");
+    // Nothing to send: exit 0 without connecting (no broker listens there).
+    let dead = format!("mqtt://127.0.0.1:{}", util::free_port());
+    let idle = mariadb::run(&env, &["flush", "--db", &url, "-L", &dead]);
+    idle.expect_code(0);
+    assert_eq!(idle.stderr, "");
+    assert_eq!(db.sync_bits(), want);
+}
+
+#[test]
+fn the_firmware_3_1_3_myisam_latin1_table_delivers_10000_rows_in_id_order_keeps_other_bits_and_an_idle_run_connects_to_no_broker()
+ {
+    a_backlog_in(MESHLIUM_313, "fw313");
+}
+
+#[test]
+fn the_newer_utf8_table_with_parser_type_delivers_10000_rows_in_id_order_keeps_other_bits_and_an_idle_run_connects_to_no_broker()
+ {
+    a_backlog_in(&newer("InnoDB"), "newer");
+}
+
+#[test]
+fn a_timestamp_declared_on_update_current_timestamp_keeps_its_value_when_rows_are_marked() {
+    let env = TestEnv::new("onupdate");
+    let db = TestDb::new("onupdate");
+    let mut c = db.create(&MESHLIUM_313.replace(
+        "DEFAULT CURRENT_TIMESTAMP,",
+        "DEFAULT CURRENT_TIMESTAMP ON UPDATE CURRENT_TIMESTAMP,",
+    ));
+    insert_rows(&mut c, 50, 0);
+    let broker = Broker::start(&env);
+    let (url, burl) = (db.url(), broker.url());
+    mariadb::run(&env, &["flush", "--db", &url, "-L", &burl]).expect_code(0);
+    assert_eq!(db.marked_ids(64).len(), 50);
+    let stamps: Vec<String> = c
+        .query("SELECT DISTINCT CAST(`timestamp` AS CHAR) FROM sensorParser")
+        .unwrap();
+    assert_eq!(stamps, ["2026-11-24 10:00:00"]);
+}
+
+#[test]
+fn latin1_text_with_non_ascii_bytes_arrives_as_the_right_utf8() {
+    let env = TestEnv::new("latin1");
+    let db = TestDb::new("latin1");
+    let mut c = db.create(MESHLIUM_313);
+    // latin1 bytes (MySQL's latin1 is cp1252: 0x80 is the euro sign).
+    c.query_drop(
+        "INSERT INTO sensorParser (id_wasp, id_secret, frame_type, frame_number, sensor, value) VALUES \
+         (_latin1 X'4DFC6E6368656E', 's', 134, 1, 'TC', _latin1 X'436166E9203235B043'), \
+         ('node', 's', 134, 1, 'EUR', _latin1 X'3580')",
+    )
+    .unwrap();
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let (url, burl) = (db.url(), broker.url());
+    mariadb::run(
+        &env,
+        &[
+            "flush",
+            "--db",
+            &url,
+            "-L",
+            &burl,
+            "-t",
+            "t/{id_wasp}/{sensor}",
+        ],
+    )
+    .expect_code(0);
+    let got = sub.wait_for(2, WAIT);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].topic, "t/München/TC");
+    let v: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
+    assert_eq!(v["value"], "Café 25°C");
+    assert_eq!(v["id_wasp"], "München");
+    let v: serde_json::Value = serde_json::from_slice(&got[1].payload).unwrap();
+    assert_eq!(v["value"], "5€");
+    assert_eq!(db.marked_ids(64).len(), 2);
+}
+
+/// A producer inserting for a few seconds while runs go back to back; with
+/// `out_of_order`, it inserts in pairs of transactions of which the second
+/// commits first. Between runs the high-water mark's time is aged past its
+/// margin (as if ten minutes had gone by), but only while no producer
+/// transaction is open: the promise under test is that the mark never
+/// skips a row whose transaction commits within the margin.
+fn producer_with_back_to_back_runs(create: &str, label: &str, out_of_order: bool) {
+    let env = TestEnv::new(label);
+    let db = TestDb::new(label);
+    drop(db.create(create));
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let quiet = Arc::new(Mutex::new(()));
+    let (mut a, mut b, q) = (db.conn(), db.conn(), quiet.clone());
+    let producer = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(4);
+        let mut inserted = 0usize;
+        let insert =
+            "INSERT INTO sensorParser (id_wasp, sensor, value) VALUES ('node_01', 'TC', '21.5')";
+        while Instant::now() < deadline && inserted < 4_000 {
+            let guard = q.lock().unwrap();
+            if out_of_order {
+                let mut first = a.start_transaction(mysql::TxOpts::default()).unwrap();
+                first.query_drop(insert).unwrap();
+                let mut second = b.start_transaction(mysql::TxOpts::default()).unwrap();
+                second.query_drop(insert).unwrap();
+                second.commit().unwrap();
+                // The later id is visible, the earlier one not yet.
+                std::thread::sleep(Duration::from_millis(3));
+                first.commit().unwrap();
+                inserted += 2;
+            } else {
+                for _ in 0..5 {
+                    a.query_drop(insert).unwrap();
+                }
+                inserted += 5;
+            }
+            drop(guard);
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        inserted
+    });
+    let (url, burl) = (db.url(), broker.url());
+    let mut runs = 0;
+    let start = Instant::now();
+    while !producer.is_finished() && start.elapsed() < Duration::from_secs(30) {
+        let run = mariadb::run(
+            &env,
+            &["flush", "--db", &url, "-L", &burl, "--batch", "100"],
+        );
+        assert_eq!(run.code, Some(0), "{label}: {run:#?}");
+        runs += 1;
+        if runs % 3 == 0 {
+            let _quiet = quiet.lock().unwrap();
+            db.age_state(601);
+        }
+    }
+    let inserted = producer.join().unwrap();
+    // Every transaction has committed: the mark may move past them all.
+    db.age_state(601);
+    mariadb::run(&env, &["flush", "--db", &url, "-L", &burl]).expect_code(0);
+    db.age_state(601);
+    mariadb::run(&env, &["flush", "--db", &url, "-L", &burl]).expect_code(0);
+    let all: BTreeSet<i64> = db.sync_bits().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(all.len(), inserted);
+    let got: BTreeSet<i64> = sub
+        .wait_for(inserted, WAIT)
+        .iter()
+        .map(util::Received::id)
+        .collect();
+    let lost: Vec<&i64> = all.difference(&got).collect();
+    assert!(
+        lost.is_empty(),
+        "{label}: {} rows lost, first {:?}",
+        lost.len(),
+        lost.first()
+    );
+    assert_eq!(db.marked_ids(64), all);
+    let mark = db.state("hwm:64");
+    println!(
+        "producer, {label}: {inserted} rows inserted during {runs} back-to-back runs, none lost; high-water mark {mark:?}"
+    );
+    assert!(
+        mark.is_some_and(|m| m.parse::<i64>().unwrap() > 0),
+        "{label}: the high-water mark never moved"
+    );
+}
+
+#[test]
+fn a_producer_inserting_into_a_myisam_table_while_runs_go_back_to_back_loses_no_row() {
+    producer_with_back_to_back_runs(MESHLIUM_313, "prod_myisam", false);
+}
+
+#[test]
+fn a_producer_whose_innodb_transactions_commit_out_of_id_order_while_runs_go_back_to_back_loses_no_row()
+ {
+    producer_with_back_to_back_runs(&newer("InnoDB"), "prod_innodb", true);
+}
+
+#[test]
+fn a_row_committed_below_the_mark_after_the_margin_is_found_by_the_hourly_full_scan() {
+    let env = TestEnv::new("late");
+    let db = TestDb::new("late");
+    let mut a = db.create(&newer("InnoDB"));
+    let mut b = db.conn();
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let (url, burl) = (db.url(), broker.url());
+    let flush = || {
+        mariadb::run(&env, &["flush", "--db", &url, "-L", &burl])
+            .expect_code(0)
+            .code
+    };
+    insert_rows(&mut a, 10, 0);
+    // Within the margin: id 11's transaction commits after id 12's.
+    let mut t11 = a.start_transaction(mysql::TxOpts::default()).unwrap();
+    insert_rows(&mut t11, 1, 0);
+    insert_rows(&mut b, 1, 0);
+    flush();
+    assert_eq!(db.marked_ids(64), (1..=10).chain([12]).collect());
+    t11.commit().unwrap();
+    db.age_state(601);
+    flush();
+    assert_eq!(db.marked_ids(64).len(), 12, "the late row is sent");
+    // The mark stopped below the row it found unsent, then moves on.
+    assert_eq!(db.state("hwm:64").as_deref(), Some("10"));
+    db.age_state(601);
+    flush();
+    assert_eq!(db.state("hwm:64").as_deref(), Some("12"));
+    // Beyond the margin: id 13's transaction stays open while the mark
+    // moves past it (to 14), then commits.
+    let mut t13 = a.start_transaction(mysql::TxOpts::default()).unwrap();
+    insert_rows(&mut t13, 1, 0);
+    insert_rows(&mut b, 1, 0);
+    flush();
+    db.age_state(601);
+    flush();
+    assert_eq!(db.state("hwm:64").as_deref(), Some("14"));
+    t13.commit().unwrap();
+    flush();
+    assert!(
+        !db.marked_ids(64).contains(&13),
+        "below the mark: not seen before the full scan"
+    );
+    db.age_state(3601);
+    flush();
+    assert_eq!(
+        db.marked_ids(64),
+        (1..=14).collect(),
+        "the full scan found it"
+    );
+    let ids = sub
+        .wait_for(14, WAIT)
+        .iter()
+        .map(util::Received::id)
+        .collect::<BTreeSet<_>>();
+    assert_eq!(ids, (1..=14).collect());
+}
+
+#[test]
+fn the_tool_killed_at_a_random_moment_marks_only_delivered_rows_and_duplicates_stay_within_window_plus_batch()
+ {
+    let mut rng = Rng::new("mysql_sigkill");
+    let env = TestEnv::new("my_sigkill");
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let rows = 12_000usize;
+    let (inflight, batch) = (50usize, 200usize);
+    let mut hit = 0;
+    for round in 0..8 {
+        let db = TestDb::new(&format!("kill{round}"));
+        let mut c = db.create(MESHLIUM_313);
+        insert_rows(&mut c, rows, 0);
+        let prefix = format!("kill{round}");
+        let (url, burl, topic) = (db.url(), broker.url(), format!("{prefix}/{{id}}"));
+        let (w, b) = (inflight.to_string(), batch.to_string());
+        let mut child = mariadb::cmd(
+            &env,
+            &[
+                "flush",
+                "--db",
+                &url,
+                "-L",
+                &burl,
+                "-t",
+                &topic,
+                "--inflight",
+                &w,
+                "--batch",
+                &b,
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+        let delay = Duration::from_millis(rng.range(20, 500));
+        std::thread::sleep(delay);
+        if child.try_wait().unwrap().is_none() {
+            hit += 1;
+        }
+        child.kill().unwrap(); // SIGKILL
+        let _ = child.wait();
+        let marked = db.marked_ids(64);
+        let got = wait_received(&sub, &prefix, &marked);
+        let falsely: Vec<&i64> = marked.iter().filter(|id| !got.contains_key(id)).collect();
+        assert!(
+            falsely.is_empty(),
+            "seed {}, round {round}: marked but never received: {falsely:?}",
+            rng.seed
+        );
+        // The lock went with the killed run's connection: a rerun runs.
+        mariadb::run(
+            &env,
+            &[
+                "flush",
+                "--db",
+                &url,
+                "-L",
+                &burl,
+                "-t",
+                &topic,
+                "--max-time",
+                "120",
+            ],
+        )
+        .expect_code(0);
+        let all: BTreeSet<i64> = (1..=rows as i64).collect();
+        let got = wait_received(&sub, &prefix, &all);
+        assert_eq!(
+            got.len(),
+            rows,
+            "seed {}, round {round}: rows lost",
+            rng.seed
+        );
+        assert_eq!(db.marked_ids(64), all);
+        let dups: usize = got.values().map(|n| n - 1).sum();
+        assert!(
+            dups <= inflight + batch,
+            "seed {}, round {round} (killed after {delay:?}): {dups} duplicates, more than window {inflight} + batch {batch}",
+            rng.seed
+        );
+    }
+    println!("SIGKILL on MySQL: {hit} of 8 kills hit a running flush");
+    assert!(
+        hit >= 5,
+        "too few kills hit a running flush (seed {})",
+        rng.seed
+    );
+}
+
+#[test]
+fn the_broker_killed_mid_flush_gives_75_and_a_rerun_after_restart_delivers_every_unmarked_row() {
+    let env = TestEnv::new("my_killbroker");
+    let db = TestDb::new("killbroker");
+    let mut c = db.create(MESHLIUM_313);
+    let rows = 60_000;
+    insert_rows(&mut c, rows, 0);
+    let mut broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let (url, burl) = (db.url(), broker.url());
+    let child = mariadb::cmd(&env, &["flush", "--db", &url, "-L", &burl, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    while sub.count() < 2_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(sub.count() >= 2_000, "the flush did not get going");
+    broker.kill();
+    let out = util::wait_output(child, WAIT);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "stderr: {stderr}");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let marked_first = db.marked_ids(64);
+    assert_eq!(summary["marked"].as_u64(), Some(marked_first.len() as u64));
+    assert!(marked_first.len() < rows, "the kill came too late");
+    drop(sub);
+    broker.restart();
+    let sub = Subscriber::connect(broker.port, "#");
+    mariadb::run(
+        &env,
+        &["flush", "--db", &url, "-L", &burl, "--max-time", "120"],
+    )
+    .expect_code(0);
+    let expected: BTreeSet<i64> = (1..=rows as i64)
+        .filter(|id| !marked_first.contains(id))
+        .collect();
+    let received: BTreeSet<i64> = sub
+        .wait_for(expected.len(), WAIT)
+        .iter()
+        .map(util::Received::id)
+        .collect();
+    assert!(expected.is_subset(&received), "the rerun missed rows");
+    assert_eq!(db.marked_ids(64).len(), rows);
+}
+
+#[test]
+fn a_link_cut_at_random_points_never_marks_an_undelivered_row_and_reruns_deliver_everything() {
+    let mut rng = Rng::new("mysql_linkcut");
+    let env = TestEnv::new("my_linkcut");
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let rows = 2_000usize;
+    for round in 0..6 {
+        let db = TestDb::new(&format!("cut{round}"));
+        let mut c = db.create(&newer("InnoDB"));
+        insert_rows(&mut c, rows, 0);
+        let cut_at = rng.range(40, 450_000) as usize;
+        let proxy = Proxy::start(broker.port, Fault::CutAfter(cut_at));
+        let prefix = format!("cut{round}");
+        let (url, port, topic) = (db.url(), proxy.port.to_string(), format!("{prefix}/{{id}}"));
+        let run = mariadb::run(
+            &env,
+            &[
+                "flush",
+                "--db",
+                &url,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "-t",
+                &topic,
+                "--ack-timeout",
+                "3",
+            ],
+        );
+        let code = run.code.unwrap();
+        assert!(code == 0 || code == 75, "seed {}: {run:#?}", rng.seed);
+        let marked = db.marked_ids(64);
+        let got = wait_received(&sub, &prefix, &marked);
+        assert!(
+            marked.iter().all(|id| got.contains_key(id)),
+            "seed {}, cut at {cut_at}: a row marked but never received",
+            rng.seed
+        );
+        let burl = broker.url();
+        mariadb::run(&env, &["flush", "--db", &url, "-L", &burl, "-t", &topic]).expect_code(0);
+        let all: BTreeSet<i64> = (1..=rows as i64).collect();
+        let got = wait_received(&sub, &prefix, &all);
+        assert_eq!(
+            got.len(),
+            rows,
+            "seed {}, cut at {cut_at}: rows lost",
+            rng.seed
+        );
+        assert_eq!(db.marked_ids(64), all);
+    }
+}
+
+#[test]
+fn two_runs_started_together_let_exactly_one_publish_and_the_other_exits_75() {
+    let env = TestEnv::new("my_overlap");
+    let db = TestDb::new("overlap");
+    let mut c = db.create(MESHLIUM_313);
+    insert_rows(&mut c, 30_000, 0);
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let (url, burl) = (db.url(), broker.url());
+    let args = ["flush", "--db", &url, "-L", &burl, "-t", "o/{id}"];
+    let spawn = || {
+        mariadb::cmd(&env, &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (util::wait_output(a, WAIT), util::wait_output(b, WAIT));
+    let mut codes = [a.status.code(), b.status.code()];
+    codes.sort();
+    assert_eq!(codes, [Some(0), Some(75)], "{a:?} {b:?}");
+    let loser = if a.status.code() == Some(75) { &a } else { &b };
+    let stderr = String::from_utf8_lossy(&loser.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("another frameflush run holds the lock frameflush:"),
+        "{stderr}"
+    );
+    let all: BTreeSet<i64> = (1..=30_000).collect();
+    let got = wait_received(&sub, "o", &all);
+    assert_eq!(got.len(), 30_000);
+    assert!(got.values().all(|&n| n == 1), "a row was published twice");
+}
+
+#[test]
+fn a_stopped_database_server_gives_one_clear_line_and_74_and_nothing_is_marked() {
+    let env = TestEnv::new("my_down");
+    let mut server = MariaDb::start("down");
+    let port = server.port;
+    let name = "meshlium_down";
+    {
+        let mut c = server.admin();
+        c.query_drop(format!("CREATE DATABASE {name}")).unwrap();
+        c.query_drop(format!("USE {name}")).unwrap();
+        c.query_drop(MESHLIUM_313).unwrap();
+        insert_rows(&mut c, 100, 0);
+    }
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let url = format!("mysql://{}@127.0.0.1:{port}/{name}", mariadb::USER);
+    let burl = broker.url();
+    server.stop();
+    let run = mariadb::run(&env, &["flush", "--db", &url, "-L", &burl]);
+    run.expect_code(74).expect_one_error_line(&format!(
+        "cannot connect to MySQL database {name} at 127.0.0.1:{port}: Connection refused; is the server running?"
+    ));
+    // The same for the other commands.
+    mariadb::run(&env, &["status", "--db", &url]).expect_code(74);
+    server.restart();
+    let marked: i64 = server
+        .admin()
+        .query_first(format!(
+            "SELECT COUNT(*) FROM {name}.sensorParser WHERE sync & 64"
+        ))
+        .unwrap()
+        .unwrap();
+    assert_eq!(marked, 0, "nothing marked");
+    assert_eq!(sub.count(), 0, "nothing published");
+    mariadb::run(&env, &["flush", "--db", &url, "-L", &burl]).expect_code(0);
+    assert_eq!(sub.wait_for(100, WAIT).len(), 100);
+}
+
+#[test]
+fn a_wrong_database_password_gives_77_and_one_line_that_never_shows_it() {
+    let env = TestEnv::new("my_badpw");
+    let db = TestDb::new("badpw");
+    let mut c = db.create(MESHLIUM_313);
+    insert_rows(&mut c, 3, 0);
+    let url = db.url();
+    let secret = "not-the-pw-Kq2";
+    let mut cmd = env.cmd(&["flush", "--db", &url, "--port", "1"]);
+    cmd.env("FRAMEFLUSH_DB_PASSWORD", secret);
+    let run = util::run_cmd(cmd, WAIT);
+    run.expect_code(77)
+        .expect_one_error_line("refused the login of user frameflush");
+    assert!(!run.stderr.contains(secret) && !run.stdout.contains(secret));
+    env.write("db.pw", &format!("{secret}\n"));
+    let run = env.run(&["status", "--db", &url, "--db-pw-file", "db.pw"]);
+    run.expect_code(77).expect_one_error_line("--db-pw-file");
+    assert!(!run.stderr.contains(secret));
+    // The right one from the file works.
+    env.write("good.pw", &format!("{}\n", mariadb::PASSWORD));
+    let run = env.run(&["status", "--db", &url, "--db-pw-file", "good.pw", "--json"]);
+    run.expect_code(0);
+    assert_eq!(run.json()["destinations"][0]["unsent"], 3);
+    // A password in the URL is refused and not repeated.
+    let with_pw = url.replace("frameflush@", &format!("frameflush:{secret}@"));
+    let run = env.run(&["flush", "--db", &with_pw]);
+    run.expect_code(64)
+        .expect_one_error_line("FRAMEFLUSH_DB_PASSWORD");
+    assert!(!run.stderr.contains(secret));
+}
+
+#[test]
+fn an_idle_run_on_a_million_marked_rows_reads_a_range_of_the_primary_key_not_the_table() {
+    let env = TestEnv::new("my_idle");
+    let server = Arc::new(MariaDb::start("idle"));
+    let db = TestDb::on(server.clone(), "idle");
+    let mut c = db.create(MESHLIUM_313);
+    insert_rows(&mut c, 1_000, 64 | 2);
+    for _ in 0..10 {
+        c.query_drop(
+            "INSERT INTO sensorParser (id_wasp, id_secret, frame_type, frame_number, sensor, value, `timestamp`, sync, raw) \
+             SELECT id_wasp, id_secret, frame_type, frame_number, sensor, value, `timestamp`, sync, raw FROM sensorParser",
+        )
+        .unwrap();
+    }
+    let total: i64 = c
+        .query_first("SELECT COUNT(*) FROM sensorParser")
+        .unwrap()
+        .unwrap();
+    assert_eq!(total, 1_024_000);
+    let url = db.url();
+    let dead = format!("mqtt://127.0.0.1:{}", util::free_port());
+    // The first run sets the mark (MyISAM: no margin) and scans once.
+    mariadb::run(&env, &["flush", "--db", &url, "-L", &dead]).expect_code(0);
+    assert_eq!(db.state("hwm:64").as_deref(), Some("1024000"));
+    // An idle run: nothing to send, a few rows read, no table scan.
+    let before = mariadb::rows_read(&server);
+    let run = mariadb::run(&env, &["flush", "--db", &url, "-L", &dead, "-d"]);
+    let read = mariadb::rows_read(&server) - before;
+    run.expect_code(0);
+    let plan = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("query plan"))
+        .unwrap_or_else(|| panic!("no query plan on stderr: {run:#?}"))
+        .to_string();
+    assert!(plan.contains("from id 1024000"), "{plan}");
+    assert!(plan.contains("s: type range, key PRIMARY"), "{plan}");
+    assert!(read < 1_000, "the idle run read {read} rows");
+    println!("idle run on {total} marked rows: {read} rows read by the server; plan: {plan}");
+    // The hourly full scan reads them all, once.
+    db.age_state(3601);
+    let before = mariadb::rows_read(&server);
+    mariadb::run(&env, &["flush", "--db", &url, "-L", &dead]).expect_code(0);
+    let read = mariadb::rows_read(&server) - before;
+    assert!(read >= 1_000_000, "the full scan read only {read} rows");
+}
+
+#[test]
+fn init_status_failures_requeue_and_purge_work_on_a_mysql_database() {
+    let env = TestEnv::new("my_admin");
+    let server = MariaDb::shared();
+    let name = format!("t{}_admin_new", std::process::id());
+    let url = format!("mysql://{}@127.0.0.1:{}/{name}", mariadb::USER, server.port);
+    // init creates the database and the table.
+    mariadb::run(&env, &["init", "--db", &url]).expect_code(0);
+    let db = TestDb {
+        name: name.clone(),
+        server: server.clone(),
+    };
+    let mut c = db.conn();
+    let tables: Vec<String> = c.query("SHOW TABLES").unwrap();
+    assert_eq!(
+        tables,
+        [
+            "frameflush_failures",
+            "frameflush_runs",
+            "frameflush_state",
+            "sensorParser"
+        ]
+    );
+    let keys: Vec<(String, String)> = c
+        .query("SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'sensorParser'")
+        .unwrap();
+    assert_eq!(
+        keys,
+        [("PRIMARY".to_string(), "id".to_string())],
+        "no index but the key"
+    );
+    // A second init changes nothing.
+    mariadb::run(&env, &["init", "--db", &url]).expect_code(0);
+    insert_rows(&mut c, 5, 0);
+    c.query_drop("UPDATE sensorParser SET value = NULL WHERE id = 3")
+        .unwrap();
+    let broker = Broker::start(&env);
+    let burl = broker.url();
+    let flush = [
+        "flush",
+        "--db",
+        &url,
+        "-L",
+        &burl,
+        "--payload",
+        "value",
+        "--max-attempts",
+        "1",
+    ];
+    let run = mariadb::run(&env, &flush);
+    run.expect_code(65);
+    let status = mariadb::run(&env, &["status", "--db", &url, "--json"]);
+    status.expect_code(0);
+    let s = status.json();
+    assert_eq!(s["total"], 5);
+    assert_eq!(s["destinations"][0]["unsent"], 0);
+    assert_eq!(s["destinations"][0]["quarantined"], 1);
+    assert_eq!(s["destinations"][0]["last_run"]["exit_code"], 65);
+    assert_eq!(s["destinations"][0]["last_run"]["rows_marked"], 4);
+    let f = mariadb::run(&env, &["failures", "--db", &url, "--json"]);
+    f.expect_code(0);
+    let f = f.json();
+    assert_eq!(f[0]["row_id"], 3);
+    assert!(f[0]["quarantined_at"].is_string(), "{f}");
+    // Quarantined: the next run sends nothing.
+    mariadb::run(&env, &flush).expect_code(0);
+    // Requeued, fixed: it goes out.
+    mariadb::run(&env, &["requeue", "--db", &url, "--all"]).expect_code(0);
+    c.query_drop("UPDATE sensorParser SET value = '7' WHERE id = 3")
+        .unwrap();
+    mariadb::run(&env, &flush).expect_code(0);
+    assert_eq!(db.marked_ids(64).len(), 5);
+    // Purge: every row is sent and older than a day.
+    let purge = mariadb::run(
+        &env,
+        &["purge", "--db", &url, "--older-than", "1d", "--json"],
+    );
+    purge.expect_code(0);
+    assert_eq!(purge.json()["deleted_by_age"], 5);
+    assert_eq!(db.sync_bits().len(), 0);
+}
