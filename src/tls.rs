@@ -155,7 +155,7 @@ mod imp {
                 Some(ca) => roots(ca, "CA file")?,
                 None => roots(&system_bundle(env)?, "system CA bundle")?,
             };
-            let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
             let builder = ClientConfig::builder_with_provider(provider.clone())
                 .with_safe_default_protocol_versions()
                 .map_err(|e| Error::config(format!("cannot set up TLS: {e}")))?;

@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_frameflush");
+mod util;
+use util::BIN;
 
 fn man_page_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -25,7 +25,40 @@ use rusqlite::Connection;
 
 pub mod fake_mqtt;
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_frameflush");
+/// The binary under test: `FRAMEFLUSH_BIN` when set (scripts/test-package
+/// runs the suite against the packaged binary), else the one cargo built.
+pub const BIN: &Bin = &Bin;
+
+pub struct Bin;
+
+impl std::ops::Deref for Bin {
+    type Target = str;
+    fn deref(&self) -> &str {
+        static PATH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        PATH.get_or_init(|| {
+            std::env::var("FRAMEFLUSH_BIN")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_frameflush").to_string())
+        })
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Bin {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        std::ffi::OsStr::new(&**self)
+    }
+}
+
+impl AsRef<Path> for Bin {
+    fn as_ref(&self) -> &Path {
+        Path::new(&**self)
+    }
+}
+
+impl std::fmt::Display for Bin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
 
 /// Meshlium's table, as the producer (not frameflush) creates it.
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS sensorParser (
