@@ -416,6 +416,9 @@ impl Broker {
             .append(true)
             .open(&self.log)
             .unwrap();
+        // What this start adds to the log: the proof that this mosquitto,
+        // not another process that took the port meanwhile, listens on it.
+        let logged_before = std::fs::metadata(&self.log).map_or(0, |m| m.len() as usize);
         let mut child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(&self.conf)
@@ -429,7 +432,11 @@ impl Broker {
             if child.try_wait().unwrap().is_some() {
                 return false; // e.g. the port was taken meanwhile
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            let running = std::fs::read(&self.log).is_ok_and(|l| {
+                String::from_utf8_lossy(l.get(logged_before..).unwrap_or_default())
+                    .contains(" running")
+            });
+            if running && TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 self.child = Some(child);
                 return true;
             }
