@@ -5,11 +5,12 @@
 //! configuration, run the command, print the one error line and exit with
 //! its status. The map of the rest: `cli` (syntax) → `config` (meaning) →
 //! `run` (one flush: `source` (`sqlite`, its `lock`), `template` over
-//! `row`, `publish`);
+//! `row`, `publish`); `check` walks the same path without marking;
 //! `error` holds the one error type and the exit statuses.
 
 mod admin;
 mod batch;
+mod check;
 mod cli;
 mod config;
 mod drain;
@@ -120,6 +121,7 @@ fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
                 None => Ok(summary::exit_status(&summary, None)),
             }
         }
+        Command::Check(args) => check::check(&args, quiet),
         Command::Init(args) => admin::init(&args),
         Command::Status(args) => admin::status(&args),
         Command::Failures(args) => admin::failures(&args),
