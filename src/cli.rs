@@ -238,25 +238,29 @@ impl argh::SubCommand for CheckArgs {
     };
 }
 
-/// The options of `flush` that take a value, read from its own usage line
-/// (`[--db <db>]`, `[-L <url>]`), so that a value that happens to read
-/// `--no-publish` stays a value.
+/// The options of `flush` that take a value, long and short, read from its
+/// own help: the usage line marks them (`[--db <db>]`, `[-L <url>]`, by
+/// the short name when there is one), the options list pairs the names
+/// (`-L, --url`). So a value that happens to read `--no-publish` stays a
+/// value.
 fn flush_value_options() -> Vec<String> {
     let help = match FlushArgs::from_args(&["frameflush", "flush"], &["--help"]) {
         Err(early) => early.output,
         Ok(_) => String::new(),
     };
-    let usage: Vec<&str> = help
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    usage
-        .windows(2)
-        .filter(|w| w[0].starts_with("[-") && w[1].starts_with('<'))
-        .map(|w| w[0].trim_start_matches('[').to_string())
-        .collect()
+    let usage = help.lines().next().unwrap_or_default();
+    let mut out = Vec::new();
+    for line in help.lines().filter(|l| l.starts_with("  -")) {
+        let names: Vec<&str> = line
+            .split_whitespace()
+            .take_while(|w| w.starts_with('-'))
+            .map(|w| w.trim_end_matches(','))
+            .collect();
+        if names.iter().any(|n| usage.contains(&format!("[{n} <"))) {
+            out.extend(names.iter().map(|n| n.to_string()));
+        }
+    }
+    out
 }
 
 /// flush's help text made check's.
@@ -443,4 +447,61 @@ pub struct ImportMeshliumArgs {
     /// the directory holding setup.ini (Meshlium: /mnt/lib/cfg/mqtt)
     #[argh(positional)]
     pub dir: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(args: &[&str]) -> Result<CheckArgs, argh::EarlyExit> {
+        CheckArgs::from_args(&["frameflush", "check"], args)
+    }
+
+    #[test]
+    fn check_takes_no_publish_anywhere_and_every_flush_option() {
+        let c = check(&["--db", "x.db", "--no-publish", "-V", "5"]).unwrap();
+        assert!(c.no_publish);
+        assert_eq!(c.flush.db.as_deref(), Some("x.db"));
+        assert_eq!(c.flush.protocol_version.as_deref(), Some("5"));
+        let c = check(&["--db", "x.db"]).unwrap();
+        assert!(!c.no_publish);
+        let takes = flush_value_options();
+        for name in [
+            "--db",
+            "-L",
+            "--url",
+            "-t",
+            "--topic",
+            "-V",
+            "--protocol-version",
+        ] {
+            assert!(takes.iter().any(|t| t == name), "{name}: {takes:?}");
+        }
+        assert!(
+            !takes.iter().any(|t| t == "--json" || t == "-v"),
+            "{takes:?}"
+        );
+        // A value that reads --no-publish stays the option's value.
+        let c = check(&["--topic", "--no-publish", "--db", "x.db"]).unwrap();
+        assert!(!c.no_publish);
+        assert_eq!(c.flush.topic.as_deref(), Some("--no-publish"));
+        assert!(check(&["--no-publish=1"]).is_err());
+        assert!(check(&["--no-publish", "yes"]).is_err());
+    }
+
+    #[test]
+    fn check_help_is_flushs_renamed_with_its_own_lines() {
+        let help = match check(&["--help"]) {
+            Err(e) if e.status.is_ok() => e.output,
+            _ => panic!("--help is an early exit"),
+        };
+        assert!(help.starts_with("Usage: frameflush check "), "{help}");
+        assert!(help.contains("[--no-publish] [--json]"), "{help}");
+        assert!(help.contains(CHECK_DESCRIPTION), "{help}");
+        assert!(help.contains(NO_PUBLISH_LINE), "{help}");
+        assert!(!help.contains("Publish unsent rows"), "{help}");
+        assert!(!help.contains("connect to nothing, mark nothing"), "{help}");
+        assert!(help.contains("  --inflight "), "{help}");
+        assert!(help.ends_with("78 invalid configuration\n"), "{help}");
+    }
 }
