@@ -11,6 +11,8 @@
 //! check. Handshake failures are mapped to exit 69 (the broker's certificate
 //! is not trusted: unknown CA, wrong name, expired) or 77 (the broker refused
 //! our client certificate), with a sentence instead of rustls' debug text.
+//! For `check`, [`handshake`] makes one handshake with the same settings on a
+//! plain socket, to show the broker's certificate chain.
 
 use std::path::{Path, PathBuf};
 #[cfg(feature = "tls")]

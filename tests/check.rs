@@ -199,6 +199,31 @@ fn an_acl_that_denies_the_next_rows_topic_fails_naming_it_by_the_reason_code_und
     }
 }
 
+/// mosquitto's dynamic security plugin, where Debian, Fedora and a source
+/// install put it.
+fn dynsec_plugin() -> String {
+    let mut dirs: Vec<std::path::PathBuf> = ["/usr/lib", "/usr/lib64", "/usr/local/lib"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .collect();
+    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+        dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for d in &dirs {
+        for p in [
+            d.join("mosquitto_dynamic_security.so"),
+            d.join("mosquitto/mosquitto_dynamic_security.so"),
+        ] {
+            if p.is_file() {
+                return p.display().to_string();
+            }
+        }
+    }
+    panic!(
+        "mosquitto_dynamic_security.so (mosquitto's dynamic security plugin, in Debian's mosquitto package) not found under {dirs:?}"
+    );
+}
+
 #[test]
 fn a_subscription_the_broker_refuses_is_a_warning_and_the_puback_alone_is_reported() {
     for version in ["5", "311"] {
@@ -213,7 +238,8 @@ fn a_subscription_the_broker_refuses_is_a_warning_and_the_puback_alone_is_report
         let broker = Broker::start_with(
             &env,
             &format!(
-                "allow_anonymous true\nplugin /usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so\nplugin_opt_config_file {}\n",
+                "allow_anonymous true\nplugin {}\nplugin_opt_config_file {}\n",
+                dynsec_plugin(),
                 dynsec.display()
             ),
         );

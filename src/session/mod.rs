@@ -11,7 +11,10 @@
 //! under MQTT 5 at most the broker's Receive Maximum), the Maximum Packet
 //! Size check before anything is sent, topic aliases, and the blame when a
 //! connection dies: the message the broker's DISCONNECT names, or the oldest
-//! unacknowledged one as a suspect. `run` sees only [`Session`].
+//! unacknowledged one as a suspect. `run` sees only [`Session`]. `check`
+//! also opens a second, receiving session ([`Session::subscriber`],
+//! [`Session::subscribe`], [`Session::incoming`]) for its round trip; a run
+//! never subscribes.
 //!
 //! rumqttc's `publish` returns no packet id, so [`Tracker`] follows the
 //! order in which the event loop reports `Outgoing::Publish(pkid)` (or

@@ -5,7 +5,8 @@
 //! A source selects the rows still to send for one destination bit (after
 //! an id, oldest first), marks acknowledged rows, records rows that could
 //! not become a message (and quarantines them), remembers runs, keeps
-//! frameflush's own small key/value state, answers `status` and `purge`,
+//! frameflush's own small key/value state, answers `status` and `purge`
+//! (and `check`: what the database is, whether this user can write it),
 //! and owns the run lock: one run per database and destination bit, taken
 //! the way that database allows (a lock file beside an SQLite file; the
 //! server's `GET_LOCK` for MySQL).
