@@ -757,7 +757,7 @@ impl Check<'_> {
     }
 
     fn round_trip(&mut self, session: Option<Session>, samples: Vec<Message>) -> Option<Session> {
-        let Some(mut session) = session else {
+        let Some(session) = session else {
             self.r.skip("round-trip", "no connection to the broker");
             return None;
         };
@@ -774,8 +774,15 @@ impl Check<'_> {
         }
         let mut sub_broker = self.cfg.broker.clone();
         sub_broker.client_id.push_str("-check-sub");
-        let alive = round_trip::run(self.cfg, &sub_broker, &mut session, samples, &mut self.r);
-        alive.then_some(session)
+        let pub_broker = self.publisher_broker();
+        round_trip::run(
+            self.cfg,
+            &pub_broker,
+            &sub_broker,
+            session,
+            samples,
+            &mut self.r,
+        )
     }
 
     fn last_run(&mut self) {

@@ -40,7 +40,8 @@ enum Acked {
         verdict: Verdict,
     },
     TimedOut,
-    Lost(String),
+    /// The connection ended while the message was in flight.
+    Lost,
 }
 
 /// Waits for the SUBACK of the subscription just made: its code, or why
@@ -99,20 +100,23 @@ fn puback(s: &mut Session, until: Instant, sent: Instant) -> Acked {
                 };
             }
             Ok(Polled::Other | Polled::Idle) => {}
-            Err(b) => return Acked::Lost(b.error.message),
+            Err(_) => return Acked::Lost,
         }
     }
 }
 
-/// The round trip of each sample message. Returns whether the publishing
-/// session is still usable (for its DISCONNECT).
+/// The round trip of each sample message, published on `publisher`
+/// (connected as `pub_broker`). A connection the broker closes on a
+/// message is made again for the next topic. Returns the publishing
+/// session when it is still usable (for its DISCONNECT).
 pub fn run(
     cfg: &Config,
+    pub_broker: &Broker,
     sub_broker: &Broker,
-    publisher: &mut Session,
+    mut publisher: Session,
     samples: Vec<Message>,
     r: &mut Report,
-) -> bool {
+) -> Option<Session> {
     let protocol = publisher.protocol();
     let wait = cfg.ack_timeout;
     let options = Options {
@@ -139,7 +143,37 @@ pub fn run(
     // Messages the broker took: each goes out once more with the next run.
     let mut duplicates = 0;
     let mut alive = true;
-    for m in samples {
+    let count = samples.len();
+    for (i, m) in samples.into_iter().enumerate() {
+        if !alive {
+            // The broker closed the connection on the last message: a new
+            // one for the rest.
+            let options = Options {
+                broker: pub_broker,
+                inflight: cfg.inflight,
+                max_payload: cfg.max_payload,
+                wanted: crate::config::Wanted::Only(protocol),
+                log: cfg.log,
+            };
+            match Session::connect(&options, None, 0) {
+                Ok((s, _)) => {
+                    publisher = s;
+                    alive = true;
+                }
+                Err(e) => {
+                    r.warn(
+                        "round-trip",
+                        format!(
+                            "cannot connect again to check the {} other topic(s): {}",
+                            count - i,
+                            e.message
+                        ),
+                        Value::Null,
+                    );
+                    break;
+                }
+            }
+        }
         let topic = m.topic.clone();
         // The subscription first, so that the message cannot pass it by.
         let mut verifiable = false;
@@ -191,7 +225,7 @@ pub fn run(
             }
             v
         };
-        match puback(publisher, Instant::now() + wait, start) {
+        match puback(&mut publisher, Instant::now() + wait, start) {
             Acked::Yes(took) => {
                 duplicates += 1;
                 if !verifiable {
@@ -296,25 +330,26 @@ pub fn run(
                 alive = false;
                 break;
             }
-            Acked::Lost(why) => {
+            Acked::Lost => {
+                publisher.close();
                 r.fail(
                     "round-trip",
                     Error::new(
                         Exit::DataErr,
                         format!(
-                            "{topic}: the broker closed the connection on this message ({bytes} bytes): its ACL may refuse the topic, or the message is over its packet size limit; a run would charge {label} and quarantine it after --max-attempts runs ({why})"
+                            "{topic}: the broker closed the connection on this message ({bytes} bytes): its ACL may refuse the topic, or the message is over its packet size limit; a run would charge {label} and quarantine it after --max-attempts runs"
                         ),
                     ),
                     figures(Value::Null),
                 );
                 alive = false;
-                break;
             }
         }
     }
     if let Some(s) = sub {
         s.disconnect(Duration::from_secs(1));
     }
+    let publisher = alive.then_some(publisher);
     if duplicates > 0 {
         r.ok(
             "duplicates",
@@ -324,5 +359,5 @@ pub fn run(
             json!({ "duplicates": duplicates }),
         );
     }
-    alive
+    publisher
 }
