@@ -185,19 +185,24 @@ fn an_acl_that_denies_the_next_rows_topic_fails_naming_it_by_the_reason_code_und
         let mut a = args(&db, &url, version);
         a.extend(["--ack-timeout", "2"]);
         let run = check(&env, &a, None);
-        let (code, why) = match (version, queued) {
-            ("5", _) => (77, "0x87 Not authorized"),
-            (_, 1000) => (77, "acknowledged the message but did not route it"),
-            // A flush would lose the connection on it, find it alone and
-            // charge it (65).
-            _ => (65, "closed the connection on this message"),
+        let (codes, why): (&[i32], &str) = match (version, queued) {
+            ("5", _) => (&[77], "0x87 Not authorized"),
+            (_, 1000) => (&[77], "acknowledged the message but did not route it"),
+            // mosquitto acknowledges and closes the connection: when the
+            // PUBACK is lost with the connection, a flush would charge the
+            // message (65); when it comes through, the topic is refused (77).
+            _ => (&[65, 77], "closed the connection"),
         };
-        run.expect_code(code);
+        assert!(
+            codes.iter().any(|&c| run.code == Some(c)),
+            "{version}/{queued}: {run:#?}"
+        );
         expect_line(&run, "FAIL", "round-trip", &["sensors/node_00/TC", why]);
         run.expect_one_error_line("sensors/node_00/TC");
-        // The other topics went through.
+        // The other topics went through; only they are duplicates.
         expect_line(&run, "ok", "round-trip", &["sensors/node_01/HUM"]);
         expect_line(&run, "ok", "round-trip", &["sensors/node_02/PRES"]);
+        expect_line(&run, "ok", "duplicates", &["the 2 message(s)"]);
         assert!(std::fs::read(env.db()).unwrap() == bytes);
     }
 }

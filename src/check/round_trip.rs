@@ -105,6 +105,25 @@ fn puback(s: &mut Session, until: Instant, sent: Instant) -> Acked {
     }
 }
 
+/// Whether the broker closed the publishing connection after its last
+/// PUBACK, polled for a moment: mosquitto with `max_queued_messages 0`
+/// acknowledges a refused MQTT 3.1.1 PUBLISH and then closes the
+/// connection, and the next message must not take the blame.
+fn closed(s: &mut Session) -> bool {
+    let until = Instant::now() + Duration::from_millis(200);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match s.poll(left.min(Duration::from_millis(50))) {
+            Ok(Polled::Idle) => return false,
+            Ok(_) => {}
+            Err(_) => return true,
+        }
+    }
+}
+
 /// The round trip of each sample message, published on `publisher`
 /// (connected as `pub_broker`). A connection the broker closes on a
 /// message is made again for the next topic. Returns the publishing
@@ -140,7 +159,8 @@ pub fn run(
             None
         }
     };
-    // Messages the broker took: each goes out once more with the next run.
+    // Messages the broker took (and, as far as can be seen, delivered):
+    // each goes out once more with the next run.
     let mut duplicates = 0;
     let mut alive = true;
     let count = samples.len();
@@ -227,8 +247,23 @@ pub fn run(
         };
         match puback(&mut publisher, Instant::now() + wait, start) {
             Acked::Yes(took) => {
-                duplicates += 1;
                 if !verifiable {
+                    if closed(&mut publisher) {
+                        publisher.close();
+                        alive = false;
+                        r.fail(
+                            "round-trip",
+                            Error::new(
+                                Exit::NoPerm,
+                                format!(
+                                    "{topic}: the broker acknowledged {label} and then closed the connection: its ACL may refuse this topic (mosquitto with max_queued_messages 0 does so)"
+                                ),
+                            ),
+                            figures(json!({ "ack_ms": took.as_secs_f64() * 1000.0 })),
+                        );
+                        continue;
+                    }
+                    duplicates += 1;
                     r.warn(
                         "round-trip",
                         format!(
@@ -245,7 +280,18 @@ pub fn run(
                     continue;
                 }
                 let Some(s) = sub.as_mut() else { continue };
-                match echo(s, &m, Instant::now() + wait) {
+                let echoed = echo(s, &m, Instant::now() + wait);
+                let then_closed = closed(&mut publisher);
+                if then_closed {
+                    publisher.close();
+                    alive = false;
+                }
+                // Not a duplicate: what an MQTT 3.1.1 broker acknowledged
+                // and did not route was dropped.
+                if !matches!(echoed, Ok(false)) || protocol == Protocol::V5 {
+                    duplicates += 1;
+                }
+                match echoed {
                     Ok(true) => r.ok(
                         "round-trip",
                         format!(
@@ -264,7 +310,12 @@ pub fn run(
                         Error::new(
                             Exit::NoPerm,
                             format!(
-                                "{topic}: the broker acknowledged the message but did not route it: its ACL may refuse this topic (nothing came back through the subscription within {} s; an MQTT 3.1.1 broker acknowledges a refused message and drops it, and one that does not let this user read the topic back looks the same: `frameflush check -V 5` tells which, if the broker speaks MQTT 5); a run would mark {label} sent and it may never arrive",
+                                "{topic}: the broker acknowledged the message but did not route it{}: its ACL may refuse this topic (nothing came back through the subscription within {} s; an MQTT 3.1.1 broker acknowledges a refused message and drops it, and one that does not let this user read the topic back looks the same: `frameflush check -V 5` tells which, if the broker speaks MQTT 5); a run would mark {label} sent and it may never arrive",
+                                if then_closed {
+                                    ", and then closed the connection"
+                                } else {
+                                    ""
+                                },
                                 wait.as_secs_f64()
                             ),
                         ),
