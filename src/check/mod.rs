@@ -400,20 +400,15 @@ impl Check<'_> {
     fn database(&mut self) {
         let cfg = self.cfg;
         let path = cfg.target.db.display().to_string();
-        let mut db = match source::open(&cfg.target, Mode::ReadOnly) {
-            Ok(db) => db,
+        let opened =
+            source::open(&cfg.target, Mode::ReadOnly).and_then(|db| db.health().map(|h| (db, h)));
+        let (mut db, health) = match opened {
+            Ok(v) => v,
             Err(e) => {
                 self.r.fail("database", e, Value::Null);
                 for step in ["writable", "index", "backlog", "lock"] {
                     self.r.skip(step, "no database to look at");
                 }
-                return;
-            }
-        };
-        let health = match db.health() {
-            Ok(h) => h,
-            Err(e) => {
-                self.r.fail("database", e, Value::Null);
                 return;
             }
         };
