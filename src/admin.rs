@@ -14,7 +14,7 @@ use crate::config::Target;
 use crate::error::{Error, Exit, Result};
 use crate::retention;
 use crate::source::{self, Destination, Mode};
-use crate::sys::{out, print_json};
+use crate::sys::{age, out, print_json};
 
 pub fn init(args: &InitArgs) -> Result<Exit> {
     let target = Target::from_flags(
@@ -43,18 +43,6 @@ struct DestinationStatus {
     /// "5" or "311", and the broker, from the last run that connected.
     protocol: Option<String>,
     broker: Option<String>,
-}
-
-/// "3d 4h", "12m 5s": an age for people.
-fn age(seconds: i64) -> String {
-    let s = seconds.max(0);
-    let (d, h, m) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
-    match (d, h, m) {
-        (0, 0, 0) => format!("{s}s"),
-        (0, 0, m) => format!("{m}m {}s", s % 60),
-        (0, h, m) => format!("{h}h {m}m"),
-        (d, h, _) => format!("{d}d {h}h"),
-    }
 }
 
 pub fn status(args: &StatusArgs) -> Result<Exit> {

@@ -2,7 +2,8 @@
 //! `--limit` leaves, and whole Waspmote frames with `--group frame`), the
 //! rendering of rows into messages (one per row, or one per frame) with
 //! `--max-payload`, and the record of rows that cannot become a message.
-//! `run` (dry runs) and `drain` (publishing) both use it.
+//! `run` (dry runs), `drain` (publishing) and `check` (the next messages)
+//! use it.
 
 use std::collections::VecDeque;
 
@@ -119,14 +120,24 @@ pub fn render(
     summary: &mut Summary,
     out: &mut VecDeque<Message>,
 ) -> Vec<(i64, String)> {
+    messages(cfg, rows, out)
+        .into_iter()
+        .map(|(id, why)| {
+            summary.failed += 1;
+            if !cfg.log.quiet && summary.failed <= MAX_ROW_ERRORS_SHOWN {
+                eprintln!("frameflush: row {id} not sent: {why}");
+            }
+            (id, why.0)
+        })
+        .collect()
+}
+
+/// Rows into messages (one per row, or one per frame), as [`render`]
+/// makes them, but silently: the rows that cannot become a message are
+/// returned with the reason, neither counted nor printed (`check` reports
+/// them its own way).
+pub fn messages(cfg: &Config, rows: Vec<Row>, out: &mut VecDeque<Message>) -> Vec<(i64, RowError)> {
     let mut failed = Vec::new();
-    let mut fail = |id: i64, why: RowError, summary: &mut Summary| {
-        summary.failed += 1;
-        if !cfg.log.quiet && summary.failed <= MAX_ROW_ERRORS_SHOWN {
-            eprintln!("frameflush: row {id} not sent: {why}");
-        }
-        failed.push((id, why.0));
-    };
     match cfg.group {
         Group::Row => {
             for row in rows {
@@ -141,7 +152,7 @@ pub fn render(
                 });
                 match made {
                     Ok(m) => out.push_back(m),
-                    Err(why) => fail(row.id, why, summary),
+                    Err(why) => failed.push((row.id, why)),
                 }
             }
         }
@@ -151,7 +162,7 @@ pub fn render(
                     frame.into_iter().partition(|r| check_reading(r).is_ok());
                 for row in bad {
                     if let Err(why) = check_reading(&row) {
-                        fail(row.id, why, summary);
+                        failed.push((row.id, why));
                     }
                 }
                 if good.is_empty() {
@@ -170,7 +181,7 @@ pub fn render(
                     }),
                     Err(why) => {
                         for row in &good {
-                            fail(row.id, why.clone(), summary);
+                            failed.push((row.id, why.clone()));
                         }
                     }
                 }

@@ -41,6 +41,7 @@ pub struct Cli {
 #[argh(subcommand)]
 pub enum Command {
     Flush(Box<FlushArgs>),
+    Check(Box<CheckArgs>),
     Init(InitArgs),
     Status(StatusArgs),
     Failures(FailuresArgs),
@@ -195,6 +196,159 @@ pub struct FlushArgs {
     pub quiet: bool,
 }
 
+/// `check`: the options of `flush` (the same [`FlushArgs`], so the same
+/// `Config`) plus `--no-publish`. argh has no flatten, so `FromArgs` is
+/// written by hand: `--no-publish` is taken out and the rest goes to
+/// `FlushArgs`' own parser; the help text is flush's, renamed, with check's
+/// description, the `--no-publish` line, and check's notes and exit codes.
+#[derive(Debug, Default)]
+pub struct CheckArgs {
+    pub flush: FlushArgs,
+    /// Skip the round trip: publish nothing.
+    pub no_publish: bool,
+}
+
+const CHECK_DESCRIPTION: &str = "Walk the path a run takes (configuration, database, lock, broker, templates, a round trip through the broker, the timer) and say line by line what is right and what to fix; marks nothing.";
+
+const NO_PUBLISH_LINE: &str =
+    "  --no-publish      skip the round trip: connect to the broker, publish nothing";
+
+/// flush's options whose help says something else for check.
+const CHECK_OPTION_LINES: [(&str, &str); 3] = [
+    (
+        "--metrics-file",
+        "  --metrics-file    taken, not written: check writes no metrics",
+    ),
+    (
+        "--dry-run",
+        "  --dry-run         as --no-publish (check never marks anything)",
+    ),
+    (
+        "--json",
+        "  --json            print one JSON object on stdout: every step's name, status,\n                    text and figures, the exit code and the first failure",
+    ),
+];
+
+const CHECK_EXAMPLES: &str = "Examples:
+  frameflush check --config /etc/frameflush/config.json --pw-file /etc/frameflush/mqtt-password";
+
+const CHECK_NOTES: &str = "Notes:
+  Takes every option of `frameflush flush` (the same config file and unit arguments as the timer). One line per step: ok, warn, FAIL (or skip, when an earlier failure makes the step meaningless). The round trip publishes the real next message of a few distinct topics at QoS 1 and waits for it to come back through a subscription; check marks nothing, so the next run sends those messages once more (1 duplicate per topic checked). --no-publish skips it. Nothing secret is printed.";
+
+const CHECK_ERROR_CODES: &str = "Error codes:
+  0 every step ok (warnings allowed)
+  64 bad command line
+  65 a row cannot become a message, or is over the broker's packet size limit, or the broker refuses the message itself
+  66 database file or table missing
+  69 broker unreachable, TLS certificate not trusted, or no QoS 1
+  74 database or its directory or lock file unreadable or unwritable
+  75 the broker did not acknowledge in --ack-timeout, or wants no more for now
+  77 credentials or client certificate refused, or the broker refuses the topic (MQTT 5 0x87, or no echo under MQTT 3.1.1)
+  78 invalid configuration";
+
+impl argh::SubCommand for CheckArgs {
+    const COMMAND: &'static argh::CommandInfo = &argh::CommandInfo {
+        name: "check",
+        short: &'\0',
+        description: CHECK_DESCRIPTION,
+    };
+}
+
+/// The options of `flush` that take a value, long and short, read from its
+/// own help: the usage line marks them (`[--db <db>]`, `[-L <url>]`, by
+/// the short name when there is one), the options list pairs the names
+/// (`-L, --url`). So a value that happens to read `--no-publish` stays a
+/// value.
+fn flush_value_options() -> Vec<String> {
+    let help = match FlushArgs::from_args(&["frameflush", "flush"], &["--help"]) {
+        Err(early) => early.output,
+        Ok(_) => String::new(),
+    };
+    let usage = help.lines().next().unwrap_or_default();
+    let mut out = Vec::new();
+    for line in help.lines().filter(|l| l.starts_with("  -")) {
+        let names: Vec<&str> = line
+            .split_whitespace()
+            .take_while(|w| w.starts_with('-'))
+            .map(|w| w.trim_end_matches(','))
+            .collect();
+        if names.iter().any(|n| usage.contains(&format!("[{n} <"))) {
+            out.extend(names.iter().map(|n| n.to_string()));
+        }
+    }
+    out
+}
+
+/// flush's help text made check's.
+fn check_help(flush_help: &str) -> String {
+    let mut usage = String::new();
+    let mut options = String::new();
+    for block in flush_help.split("\n\n") {
+        if block.starts_with("Usage:") {
+            usage = block.replacen("[--json]", "[--no-publish] [--json]", 1);
+        } else if block.starts_with("Options:") {
+            // An option's description continues on lines indented further.
+            let mut replaced = false;
+            for line in block.lines() {
+                if line.starts_with("   ") && replaced {
+                    continue;
+                }
+                let name = line.split_whitespace().next().unwrap_or_default();
+                if name == "--json" {
+                    options.push_str(NO_PUBLISH_LINE);
+                    options.push('\n');
+                }
+                replaced = false;
+                if let Some((_, text)) = CHECK_OPTION_LINES.iter().find(|(n, _)| *n == name) {
+                    options.push_str(text);
+                    replaced = true;
+                } else {
+                    options.push_str(line);
+                }
+                options.push('\n');
+            }
+        }
+    }
+    format!(
+        "{usage}\n\n{CHECK_DESCRIPTION}\n\n{options}\n{CHECK_EXAMPLES}\n\n{CHECK_NOTES}\n\n{CHECK_ERROR_CODES}\n"
+    )
+}
+
+impl FromArgs for CheckArgs {
+    fn from_args(command_name: &[&str], args: &[&str]) -> Result<Self, argh::EarlyExit> {
+        let takes_value = flush_value_options();
+        let mut no_publish = false;
+        let mut rest: Vec<&str> = Vec::with_capacity(args.len());
+        let mut i = 0;
+        while i < args.len() {
+            let arg = args[i];
+            if arg == "--" {
+                rest.extend_from_slice(&args[i..]);
+                break;
+            }
+            if takes_value.iter().any(|o| o == arg) {
+                rest.extend_from_slice(&args[i..(i + 2).min(args.len())]);
+                i += 2;
+                continue;
+            }
+            if arg == "--no-publish" {
+                no_publish = true;
+            } else {
+                rest.push(arg);
+            }
+            i += 1;
+        }
+        match FlushArgs::from_args(command_name, &rest) {
+            Ok(flush) => Ok(CheckArgs { flush, no_publish }),
+            Err(early) if early.status.is_ok() => Err(argh::EarlyExit {
+                output: check_help(&early.output),
+                status: Ok(()),
+            }),
+            Err(early) => Err(early),
+        }
+    }
+}
+
 /// Create the sensorParser table and frameflush's own tables and index (an existing table is kept as it is).
 #[derive(FromArgs, Debug, Default)]
 #[argh(subcommand, name = "init")]
@@ -324,4 +478,61 @@ pub struct ImportMeshliumArgs {
     /// the directory holding setup.ini (Meshlium: /mnt/lib/cfg/mqtt)
     #[argh(positional)]
     pub dir: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(args: &[&str]) -> Result<CheckArgs, argh::EarlyExit> {
+        CheckArgs::from_args(&["frameflush", "check"], args)
+    }
+
+    #[test]
+    fn check_takes_no_publish_anywhere_and_every_flush_option() {
+        let c = check(&["--db", "x.db", "--no-publish", "-V", "5"]).unwrap();
+        assert!(c.no_publish);
+        assert_eq!(c.flush.db.as_deref(), Some("x.db"));
+        assert_eq!(c.flush.protocol_version.as_deref(), Some("5"));
+        let c = check(&["--db", "x.db"]).unwrap();
+        assert!(!c.no_publish);
+        let takes = flush_value_options();
+        for name in [
+            "--db",
+            "-L",
+            "--url",
+            "-t",
+            "--topic",
+            "-V",
+            "--protocol-version",
+        ] {
+            assert!(takes.iter().any(|t| t == name), "{name}: {takes:?}");
+        }
+        assert!(
+            !takes.iter().any(|t| t == "--json" || t == "-v"),
+            "{takes:?}"
+        );
+        // A value that reads --no-publish stays the option's value.
+        let c = check(&["--topic", "--no-publish", "--db", "x.db"]).unwrap();
+        assert!(!c.no_publish);
+        assert_eq!(c.flush.topic.as_deref(), Some("--no-publish"));
+        assert!(check(&["--no-publish=1"]).is_err());
+        assert!(check(&["--no-publish", "yes"]).is_err());
+    }
+
+    #[test]
+    fn check_help_is_flushs_renamed_with_its_own_lines() {
+        let help = match check(&["--help"]) {
+            Err(e) if e.status.is_ok() => e.output,
+            _ => panic!("--help is an early exit"),
+        };
+        assert!(help.starts_with("Usage: frameflush check "), "{help}");
+        assert!(help.contains("[--no-publish] [--json]"), "{help}");
+        assert!(help.contains(CHECK_DESCRIPTION), "{help}");
+        assert!(help.contains(NO_PUBLISH_LINE), "{help}");
+        assert!(!help.contains("Publish unsent rows"), "{help}");
+        assert!(!help.contains("connect to nothing, mark nothing"), "{help}");
+        assert!(help.contains("  --inflight "), "{help}");
+        assert!(help.ends_with("78 invalid configuration\n"), "{help}");
+    }
 }

@@ -197,6 +197,9 @@ pub struct Broker {
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<Secret>,
+    /// Where the password came from, for `check`: "the environment
+    /// variable FRAMEFLUSH_PASSWORD" or "the file PATH".
+    pub password_from: Option<String>,
     pub keepalive: Duration,
     pub connect_timeout: Duration,
     /// TLS settings, when TLS is on.
@@ -777,18 +780,23 @@ impl Config {
             }
             Some(u) => Some(u.v),
         };
+        let mut password_from = None;
         let password = match pick("pw-file", args.pw_file.clone(), file.pw_file.clone()) {
             Some(f) if f.v.is_empty() => return Err(f.bad("is empty: give the password file")),
             Some(f) => {
                 let path = Path::new(&f.v);
                 let secret = read_password_file(path)?;
                 warnings.extend(secret_file_warning(path, "password file"));
+                password_from = Some(format!("the file {}", path.display()));
                 Some(secret)
             }
             None => match env(PASSWORD_ENV) {
                 None => None,
                 Some(p) => match p.into_string() {
-                    Ok(p) => Some(Secret(p)),
+                    Ok(p) => {
+                        password_from = Some(format!("the environment variable {PASSWORD_ENV}"));
+                        Some(Secret(p))
+                    }
                     Err(_) => {
                         return Err(Error::config(format!("{PASSWORD_ENV} is not valid UTF-8")));
                     }
@@ -991,6 +999,7 @@ impl Config {
                 client_id,
                 username,
                 password,
+                password_from,
                 keepalive,
                 connect_timeout,
                 tls,

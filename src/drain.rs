@@ -102,7 +102,7 @@ fn suspects_key(mask: i64) -> String {
 }
 
 /// The state key of the protocol a broker was last reached with.
-fn protocol_key(cfg: &Config) -> String {
+pub fn protocol_key(cfg: &Config) -> String {
     format!("protocol:{}:{}", cfg.broker.host, cfg.broker.port)
 }
 

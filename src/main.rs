@@ -6,11 +6,13 @@
 //! configuration, run the command, print the one error line and exit with
 //! its status. The map of the rest: `cli` (syntax) → `config` (meaning) →
 //! `run` (one flush: `source` (`sqlite` with its `lock`, `mysql`),
-//! `template` over `row`, `publish`);
+//! `template` over `row`, `publish`); `check` walks the same path without
+//! marking;
 //! `error` holds the one error type and the exit statuses.
 
 mod admin;
 mod batch;
+mod check;
 mod cli;
 mod config;
 mod drain;
@@ -121,6 +123,7 @@ fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
                 None => Ok(summary::exit_status(&summary, None)),
             }
         }
+        Command::Check(args) => check::check(&args, quiet),
         Command::Init(args) => admin::init(&args),
         Command::Status(args) => admin::status(&args),
         Command::Failures(args) => admin::failures(&args),

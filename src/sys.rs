@@ -1,8 +1,9 @@
 //! What the operating system tells us, in the operator's words: the
 //! machine's host name (for the default client id and Meshlium's
-//! `#MESHLIUM#`), an I/O error's reason without the "(os error N)" noise, and
-//! the one-line writes to stdout that never panic on a closed pipe. Every
-//! other module may use these; this one uses none of them.
+//! `#MESHLIUM#`), an I/O error's reason without the "(os error N)" noise, an
+//! age ("3d 4h"), and the one-line writes to stdout that never panic on a
+//! closed pipe. Every other module may use these; this one uses none of
+//! them.
 
 /// An io::Error's reason without the "(os error N)" noise.
 pub fn io_reason(e: &std::io::Error) -> String {
@@ -40,4 +41,16 @@ pub fn out(line: &str) {
     use std::io::Write as _;
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");
+}
+
+/// "3d 4h", "12m 5s": an age for people (`status`, `check`).
+pub fn age(seconds: i64) -> String {
+    let s = seconds.max(0);
+    let (d, h, m) = (s / 86_400, s / 3600 % 24, s / 60 % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, m) => format!("{m}m {}s", s % 60),
+        (0, h, m) => format!("{h}h {m}m"),
+        (d, h, _) => format!("{d}d {h}h"),
+    }
 }

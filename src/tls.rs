@@ -11,6 +11,8 @@
 //! check. Handshake failures are mapped to exit 69 (the broker's certificate
 //! is not trusted: unknown CA, wrong name, expired) or 77 (the broker refused
 //! our client certificate), with a sentence instead of rustls' debug text.
+//! For `check`, [`handshake`] makes one handshake with the same settings on a
+//! plain socket, to show the broker's certificate chain.
 
 use std::path::{Path, PathBuf};
 #[cfg(feature = "tls")]
@@ -31,10 +33,26 @@ pub struct TlsOptions {
 
 /// A ready TLS client configuration.
 #[derive(Clone)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub struct Tls {
     #[cfg(feature = "tls")]
     pub config: Arc<rumqttc::tokio_rustls::rustls::ClientConfig>,
     pub insecure: bool,
+    /// The files it was made from, for `check` (none: the system bundle).
+    pub cafile: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+}
+
+/// What a TLS handshake with the broker showed (`check`).
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
+pub struct Handshake {
+    /// "TLS 1.3".
+    pub version: String,
+    /// The broker's certificate chain as it sent it (DER), its own first.
+    pub chain: Vec<Vec<u8>>,
+    /// How long the handshake took.
+    pub took: std::time::Duration,
 }
 
 impl std::fmt::Debug for Tls {
@@ -198,8 +216,111 @@ mod imp {
             Ok(Tls {
                 config: Arc::new(config),
                 insecure: opts.insecure,
+                cafile: opts.cafile.clone(),
+                cert: opts.cert.clone(),
             })
         }
+    }
+
+    /// The certificates (DER) of a PEM file, for `check`.
+    pub fn pem_certificates(path: &Path, what: &str) -> Result<Vec<Vec<u8>>> {
+        Ok(certificates(path, what)?
+            .into_iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect())
+    }
+
+    /// A TLS handshake on `stream`, as a run's connection makes it (same
+    /// configuration: CA, name check, client certificate, ALPN), then a
+    /// short wait for an alert: under TLS 1.3 a broker refuses a client
+    /// certificate only after the client finished its half. Then a
+    /// close_notify. `check` uses it to see the broker's certificate.
+    pub fn handshake(
+        tls: &Tls,
+        host: &str,
+        stream: &mut std::net::TcpStream,
+        broker: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Handshake> {
+        use std::io::ErrorKind as K;
+        let name = ServerName::try_from(host.to_string()).map_err(|_| {
+            Error::config(format!(
+                "TLS to {broker}: {host:?} is not a name a certificate can hold"
+            ))
+        })?;
+        let mut conn = rustls::ClientConnection::new(tls.config.clone(), name)
+            .map_err(|e| Error::config(format!("cannot set up TLS: {e}")))?;
+        let failed = |e: std::io::Error| -> Error {
+            if let Some(r) = e.get_ref().and_then(|r| r.downcast_ref::<rustls::Error>()) {
+                return describe(r, broker);
+            }
+            match e.kind() {
+                K::WouldBlock | K::TimedOut => Error::new(
+                    Exit::Unavailable,
+                    format!(
+                        "TLS to {broker}: no answer to the handshake within {} s (is that port a TLS listener?)",
+                        timeout.as_secs_f64()
+                    ),
+                ),
+                K::UnexpectedEof | K::ConnectionReset | K::ConnectionAborted => Error::new(
+                    Exit::Unavailable,
+                    format!(
+                        "TLS to {broker}: the broker closed the connection during the handshake (is that port a TLS listener?)"
+                    ),
+                ),
+                _ => Error::new(
+                    Exit::Unavailable,
+                    format!("TLS to {broker}: {}", io_reason(&e)),
+                ),
+            }
+        };
+        let set = |stream: &mut std::net::TcpStream, t: std::time::Duration| {
+            let _ = stream.set_read_timeout(Some(t));
+            let _ = stream.set_write_timeout(Some(t));
+        };
+        set(stream, timeout);
+        let start = std::time::Instant::now();
+        let deadline = start + timeout;
+        while conn.is_handshaking() {
+            if std::time::Instant::now() > deadline {
+                return Err(failed(K::TimedOut.into()));
+            }
+            conn.complete_io(stream).map_err(failed)?;
+        }
+        let took = start.elapsed();
+        // A refusal of our certificate comes now, if at all (after the
+        // session tickets a TLS 1.3 broker sends first).
+        let wait = std::time::Duration::from_millis(300);
+        set(stream, wait);
+        let until = std::time::Instant::now() + wait;
+        loop {
+            match conn.complete_io(stream) {
+                Ok((0, 0)) => break,
+                Ok(_) if std::time::Instant::now() < until => {}
+                Ok(_) => break,
+                Err(e) if matches!(e.kind(), K::WouldBlock | K::TimedOut) => break,
+                Err(e) => return Err(failed(e)),
+            }
+        }
+        let version = match conn.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => "TLS 1.3".to_string(),
+            Some(rustls::ProtocolVersion::TLSv1_2) => "TLS 1.2".to_string(),
+            Some(other) => format!("{other:?}"),
+            None => "TLS".to_string(),
+        };
+        let chain = conn
+            .peer_certificates()
+            .unwrap_or_default()
+            .iter()
+            .map(|c| c.as_ref().to_vec())
+            .collect();
+        conn.send_close_notify();
+        let _ = conn.complete_io(stream);
+        Ok(Handshake {
+            version,
+            chain,
+            took,
+        })
     }
 
     /// Checks the chain like the default verifier but accepts a certificate
@@ -355,7 +476,7 @@ mod imp {
 }
 
 #[cfg(feature = "tls")]
-pub use imp::{handshake_failure, handshake_failure_v5};
+pub use imp::{handshake, handshake_failure, handshake_failure_v5, pem_certificates};
 
 #[cfg(not(feature = "tls"))]
 pub fn handshake_failure(_e: &rumqttc::ConnectionError, _broker: &str) -> Option<Error> {

@@ -58,10 +58,13 @@ const COLUMNS: [&str; 8] = [
 // The harness: cases, the contract, failures with their reproduction.
 // ---------------------------------------------------------------------------
 
-/// One run of `frameflush flush …` and what it must end with.
+/// One run of `frameflush flush …` (or `check …`) and what it must end
+/// with.
 struct Case {
     label: String,
-    /// The arguments after `flush`.
+    /// The command: `flush`, or `check`, which takes the same options.
+    sub: &'static str,
+    /// The arguments after the command.
     args: Vec<OsString>,
     env: Vec<(&'static str, OsString)>,
     /// Written to `fuzz.json` before the run.
@@ -92,6 +95,7 @@ impl Case {
         };
         Case {
             label: label.into(),
+            sub: "flush",
             args,
             env: Vec::new(),
             config: None,
@@ -125,6 +129,12 @@ impl Case {
 
     fn key(mut self, key: &str) -> Case {
         self.key = Some(key.to_string());
+        self
+    }
+
+    /// The same case as `frameflush check …`.
+    fn under_check(mut self) -> Case {
+        self.sub = "check";
         self
     }
 
@@ -201,7 +211,7 @@ impl Fuzz {
             std::fs::write(self.env.path(CONFIG), text).unwrap();
         }
         let mut cmd = command(&self.env);
-        cmd.arg("flush").args(&case.args);
+        cmd.arg(case.sub).args(&case.args);
         for (k, v) in &case.env {
             cmd.env(k, v);
         }
@@ -339,7 +349,25 @@ fn contract(case: &Case, run: &Run) -> Vec<String> {
             "the error line names neither the key \"{key}\" nor a line and column"
         ));
     }
-    if !run.stdout.is_empty() && !case.stdout_ok {
+    if case.sub == "check" && !case.json && case.expect != 0 {
+        // check's report: nothing (the command line did not parse), or
+        // step lines only, the failure among them.
+        let out: Vec<&str> = run.stdout.lines().collect();
+        if let Some(l) = out.iter().find(|l| {
+            !["ok   ", "warn ", "FAIL ", "skip "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        }) {
+            p.push(format!("check printed a line that is not a step: {l:?}"));
+        }
+        if let [line] = lines.as_slice()
+            && !out.is_empty()
+            && let Some(e) = line.strip_prefix("frameflush: error: ")
+            && !out.iter().any(|l| l.starts_with("FAIL ") && l.ends_with(e))
+        {
+            p.push("check's report has no FAIL line with the error".to_string());
+        }
+    } else if !run.stdout.is_empty() && !case.stdout_ok {
         if !case.json {
             p.push("stdout is not empty (no --json given)".to_string());
         } else {
@@ -447,7 +475,8 @@ fn repro(case: &Case) -> String {
     for (k, v) in &case.env {
         r.push_str(&format!("{k}={} ", sh(v.as_bytes())));
     }
-    r.push_str("frameflush flush");
+    r.push_str("frameflush ");
+    r.push_str(case.sub);
     for a in &case.args {
         r.push(' ');
         r.push_str(&sh(a.as_bytes()));
@@ -474,12 +503,20 @@ impl Flag {
 
 /// The flags of `flush` as its --help lists them (without --help).
 fn flush_flags(env: &TestEnv) -> Vec<Flag> {
+    flags_of(env, "flush")
+}
+
+/// The flags of a command as its --help lists them (without --help).
+fn flags_of(env: &TestEnv, sub: &str) -> Vec<Flag> {
     let mut cmd = command(env);
-    cmd.args(["flush", "--help"]);
+    cmd.args([sub, "--help"]);
     let run = util::run_cmd(cmd, RUN_LIMIT);
     run.expect_code(0);
     let usage = run.stdout.lines().next().unwrap_or_default().to_string();
-    assert!(usage.starts_with("Usage: frameflush flush"), "{run:#?}");
+    assert!(
+        usage.starts_with(&format!("Usage: frameflush {sub}")),
+        "{run:#?}"
+    );
     let mut flags = Vec::new();
     let mut in_options = false;
     for line in run.stdout.lines() {
@@ -616,6 +653,8 @@ fn kind_of(name: &str) -> Option<Kind> {
         "message" => Kind::Message,
         "topic-file" | "message-file" => Kind::Path,
         "dry-run" | "json" | "verbose" | "debug" | "quiet" | "insecure" => Kind::Switch,
+        // check's own switch (no config key).
+        "no-publish" => Kind::Switch,
         _ => return None,
     })
 }
@@ -1640,6 +1679,88 @@ fn every_flush_flag_refuses_a_table_of_certainly_bad_values_with_64() {
                 args,
                 64,
             ));
+        }
+    }
+    f.finish();
+}
+
+#[test]
+fn check_takes_exactly_the_flags_of_flush_and_no_publish() {
+    let env = TestEnv::new("check_flags");
+    let flush: Vec<(String, Option<String>, bool)> = flush_flags(&env)
+        .into_iter()
+        .map(|f| (f.long, f.short, f.takes_value))
+        .collect();
+    let mut check: Vec<(String, Option<String>, bool)> = flags_of(&env, "check")
+        .into_iter()
+        .map(|f| (f.long, f.short, f.takes_value))
+        .collect();
+    let own = check
+        .iter()
+        .position(|f| f.0 == "--no-publish")
+        .expect("check --help lists --no-publish");
+    assert_eq!(check.remove(own), ("--no-publish".to_string(), None, false));
+    assert_eq!(check, flush, "check --help and flush --help differ");
+}
+
+#[test]
+fn every_check_flag_refuses_the_table_of_certainly_bad_values_with_64_and_a_fail_line() {
+    let mut f = Fuzz::new(
+        "every_check_flag_refuses_the_table_of_certainly_bad_values_with_64_and_a_fail_line",
+    );
+    let mut rng = f.rng();
+    // Were a bad value taken, check would go on to the broker: a closed
+    // port of 127.0.0.1 (from the config file, which flags override), never
+    // the machine's own broker.
+    f.env.write(
+        "closed.json",
+        &format!(
+            "{{\"host\": \"127.0.0.1\", \"port\": {}}}",
+            util::free_port()
+        ),
+    );
+    for flag in flags_of(&f.env, "check") {
+        let name = flag.name().to_string();
+        let Some(kind) = kind_of(&name) else {
+            f.fail(format!(
+                "{}: no bad-value generator for this flag in tests/fuzz_input.rs (kind_of): add one",
+                flag.long
+            ));
+            continue;
+        };
+        let mut base: Vec<&str> = Vec::new();
+        if name != "config" {
+            base.extend(["--config", "closed.json"]);
+        }
+        if name != "db" {
+            base.extend(["--db", "sensors.db"]);
+        }
+        if !flag.takes_value {
+            for uses in bad_switch_uses(&flag.long, &mut rng) {
+                let mut args = base.clone();
+                args.extend(uses.iter().map(String::as_str));
+                f.check(
+                    &Case::new(
+                        format!("check: switch {} given a value", flag.long),
+                        os(&args),
+                        64,
+                    )
+                    .under_check(),
+                );
+            }
+            continue;
+        }
+        for bad in bad_table(kind) {
+            let mut args = base.clone();
+            args.extend([flag.long.as_str(), &bad]);
+            f.check(
+                &Case::new(
+                    format!("check: {} {:?}", flag.long, clip(&bad, 40)),
+                    os(&args),
+                    64,
+                )
+                .under_check(),
+            );
         }
     }
     f.finish();

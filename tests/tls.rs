@@ -31,22 +31,8 @@ fn tls_broker(
 
 /// Nothing that is a secret appears in anything the tool printed.
 fn assert_no_secrets(run: &Run) {
-    let pki = Pki::get();
     let mut secrets = vec![PASSWORD.to_string()];
-    for key in [
-        "client-pkcs8.key",
-        "client-pkcs1.key",
-        "client-sec1.key",
-        "ca.key",
-        "server.key",
-    ] {
-        let text = std::fs::read_to_string(pki.dir.join(key)).unwrap();
-        secrets.extend(
-            text.lines()
-                .filter(|l| !l.starts_with("-----"))
-                .map(str::to_string),
-        );
-    }
+    secrets.extend(Pki::get().secret_lines());
     for s in secrets {
         assert!(
             !run.stdout.contains(&s) && !run.stderr.contains(&s),

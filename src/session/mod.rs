@@ -11,7 +11,10 @@
 //! under MQTT 5 at most the broker's Receive Maximum), the Maximum Packet
 //! Size check before anything is sent, topic aliases, and the blame when a
 //! connection dies: the message the broker's DISCONNECT names, or the oldest
-//! unacknowledged one as a suspect. `run` sees only [`Session`].
+//! unacknowledged one as a suspect. `run` sees only [`Session`]. `check`
+//! also opens a second, receiving session ([`Session::subscriber`],
+//! [`Session::subscribe`], [`Session::incoming`]) for its round trip; a run
+//! never subscribes.
 //!
 //! rumqttc's `publish` returns no packet id, so [`Tracker`] follows the
 //! order in which the event loop reports `Outgoing::Publish(pkid)` (or
@@ -81,6 +84,24 @@ pub struct Limits {
     pub receive_max: Option<u16>,
     pub max_packet_size: Option<u32>,
     pub topic_alias_max: u16,
+    /// Maximum QoS (absent: 2). Only `check` reads it: a broker that takes
+    /// no QoS 1 cannot serve frameflush at all.
+    pub max_qos: Option<u8>,
+    /// Retain Available (absent: yes); frameflush never retains, `check`
+    /// reports it.
+    pub retain_available: Option<bool>,
+}
+
+/// What a subscription brought (`check`'s round trip; a run never
+/// subscribes, so its sessions never see one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// The broker's answer to [`Session::subscribe`]: the granted QoS (0 to
+    /// 2) or a failure code (0x80 and up; MQTT 3.1.1's only failure reads
+    /// as 0x80).
+    SubAck { code: u8, reason: Option<String> },
+    /// A message the subscription delivered.
+    Publish { topic: String, payload: Vec<u8> },
 }
 
 /// How a message goes out on this connection: its topic alias, if any, and
@@ -110,6 +131,8 @@ trait Wire {
     fn disconnect(&mut self) -> bool;
     /// The size on the wire of a QoS 1 PUBLISH of this shape.
     fn packet_size(&self, topic_len: usize, payload_len: usize, shape: Shape) -> usize;
+    /// Hands one SUBSCRIBE (QoS 1) for this exact topic to rumqttc.
+    fn subscribe(&mut self, topic: String) -> std::result::Result<(), String>;
     /// A refused PUBACK freed `pkid`, which a collided PUBLISH waits for:
     /// rumqttc 0.25.1's MQTT 5 state returns before its collision check on
     /// a failed reason code, so the collided PUBLISH must be sent by hand.
@@ -127,6 +150,8 @@ enum Event {
         reason: Option<String>,
     },
     Disconnect,
+    /// A subscription was answered or delivered (see [`Incoming`]).
+    Incoming(Incoming),
     Other,
 }
 
@@ -528,7 +553,13 @@ pub struct Session {
     broken: bool,
     /// The last PUBACK on this connection refused its message.
     refused_last: bool,
+    /// SUBACKs and delivered messages not yet taken by [`Session::incoming`].
+    incoming: VecDeque<Incoming>,
 }
+
+/// Incoming events kept at most; older ones are dropped (only `check`
+/// subscribes, to a few exact topics).
+const MAX_INCOMING: usize = 1000;
 
 /// What [`Session::connect`] needs.
 pub struct Options<'a> {
@@ -591,7 +622,7 @@ impl Session {
                 && !(p == Protocol::V311 && first == Protocol::V5);
             (o.wanted == Wanted::Auto && !known).then(|| format!("{} {now}", p.short()))
         };
-        match Session::connect_with(o, first) {
+        match Session::connect_with(o, first, false) {
             Ok(s) => Ok((s, learned(first))),
             Err(fault)
                 if o.wanted == Wanted::Auto && first == Protocol::V5 && fault.means_no_v5() =>
@@ -602,7 +633,7 @@ impl Session {
                         fault.words()
                     );
                 }
-                match Session::connect_with(o, Protocol::V311) {
+                match Session::connect_with(o, Protocol::V311, false) {
                     Ok(s) => Ok((s, learned(Protocol::V311))),
                     Err(f) => Err(f.connect_error(&name, o.broker, Protocol::V311, true)),
                 }
@@ -611,11 +642,25 @@ impl Session {
         }
     }
 
-    fn connect_with(o: &Options<'_>, protocol: Protocol) -> std::result::Result<Session, Fault> {
+    /// A second connection that receives what it subscribes to (`check`'s
+    /// round trip), in the protocol the first one negotiated: it accepts
+    /// incoming messages as large as the ones it may be sent (a run's
+    /// connections accept little, as they only get acknowledgements).
+    pub fn subscriber(o: &Options<'_>, protocol: Protocol) -> Result<Session> {
+        let (_, name) = address(o.broker);
+        Session::connect_with(o, protocol, true)
+            .map_err(|f| f.connect_error(&name, o.broker, protocol, false))
+    }
+
+    fn connect_with(
+        o: &Options<'_>,
+        protocol: Protocol,
+        receives: bool,
+    ) -> std::result::Result<Session, Fault> {
         let (addr, name) = address(o.broker);
         let (wire, limits) = match protocol {
-            Protocol::V311 => v311::connect(o, addr, &name)?,
-            Protocol::V5 => v5::connect(o, addr, &name)?,
+            Protocol::V311 => v311::connect(o, addr, &name, receives)?,
+            Protocol::V5 => v5::connect(o, addr, &name, receives)?,
         };
         let window =
             usize::from(o.inflight).min(limits.receive_max.map_or(usize::MAX, usize::from));
@@ -651,11 +696,35 @@ impl Session {
             acked: 0,
             broken: false,
             refused_last: false,
+            incoming: VecDeque::new(),
         })
     }
 
     pub fn protocol(&self) -> Protocol {
         self.protocol
+    }
+
+    /// What the broker announced in its CONNACK.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Subscribes (QoS 1) to this exact topic; the SUBACK and what the
+    /// subscription delivers come through [`Session::poll`] into
+    /// [`Session::incoming`].
+    pub fn subscribe(&mut self, topic: &str) -> Result<()> {
+        self.wire.subscribe(topic.to_string()).map_err(|e| {
+            Error::new(
+                Exit::TempFail,
+                format!("cannot queue a subscription to {topic}: {e}"),
+            )
+        })
+    }
+
+    /// The oldest SUBACK or delivered message that [`Session::poll`] saw
+    /// and nobody took yet.
+    pub fn incoming(&mut self) -> Option<Incoming> {
+        self.incoming.pop_front()
     }
 
     /// How many PUBLISHes may be unacknowledged at once.
@@ -761,6 +830,13 @@ impl Session {
                 .map(|()| Polled::Other),
             Event::AwaitAck(pkid) => self.tracker.on_await_ack(pkid).map(|()| Polled::Other),
             Event::PubAck { pkid, code, reason } => self.on_puback(pkid, code, reason),
+            Event::Incoming(i) => {
+                if self.incoming.len() >= MAX_INCOMING {
+                    self.incoming.pop_front();
+                }
+                self.incoming.push_back(i);
+                Ok(Polled::Other)
+            }
             Event::Disconnect | Event::Other => Ok(Polled::Other),
         };
         step.map_err(|Mismatch(why)| {
@@ -958,6 +1034,9 @@ impl Wire for Closed {
     }
     fn packet_size(&self, topic_len: usize, payload_len: usize, _: Shape) -> usize {
         packet_size(topic_len, payload_len)
+    }
+    fn subscribe(&mut self, _: String) -> std::result::Result<(), String> {
+        Err("the connection is closed".into())
     }
 }
 

@@ -28,6 +28,7 @@ pub fn name(code: u8) -> &'static str {
         0x8C => "Bad authentication method",
         0x8D => "Keep Alive timeout",
         0x8E => "Session taken over",
+        0x8F => "Topic Filter invalid",
         0x90 => "Topic Name invalid",
         0x91 => "Packet Identifier in use",
         0x93 => "Receive Maximum exceeded",
@@ -41,7 +42,10 @@ pub fn name(code: u8) -> &'static str {
         0x9B => "QoS not supported",
         0x9C => "Use another server",
         0x9D => "Server moved",
+        0x9E => "Shared Subscriptions not supported",
         0x9F => "Connection rate exceeded",
+        0xA1 => "Subscription Identifiers not supported",
+        0xA2 => "Wildcard Subscriptions not supported",
         _ => "unknown reason code",
     }
 }

@@ -8,10 +8,12 @@ use std::time::Duration;
 
 use rumqttc::{
     Client, ConnectReturnCode, Connection, ConnectionError, Event as Ev, MqttOptions, Outgoing,
-    Packet, QoS, RecvTimeoutError, StateError,
+    Packet, QoS, RecvTimeoutError, StateError, SubscribeReasonCode,
 };
 
-use super::{Event, Fault, Limits, Next, Options, Shape, Wire, await_connack, packet_size};
+use super::{
+    Event, Fault, Incoming, Limits, Next, Options, Shape, Wire, await_connack, packet_size,
+};
 use crate::config::Log;
 use crate::template::MAX_TOPIC_LEN;
 
@@ -26,13 +28,18 @@ pub(super) fn connect(
     o: &Options<'_>,
     addr: String,
     name: &str,
+    receives: bool,
 ) -> Result<(Box<dyn Wire>, Limits), Fault> {
     let broker = o.broker;
     let mut opts = MqttOptions::new(broker.client_id.clone(), addr, broker.port);
+    let largest = packet_size(MAX_TOPIC_LEN, o.max_payload);
+    // A publishing connection only gets acknowledgements; a subscriber
+    // (`check`) gets messages as large as the ones it sends.
+    let incoming = if receives { largest } else { 16 * 1024 };
     opts.set_keep_alive(broker.keepalive)
         .set_clean_session(true)
         .set_inflight(o.inflight)
-        .set_max_packet_size(16 * 1024, packet_size(MAX_TOPIC_LEN, o.max_payload));
+        .set_max_packet_size(incoming, largest);
     #[cfg(feature = "tls")]
     if let Some(tls) = &broker.tls {
         opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
@@ -131,6 +138,17 @@ impl Wire for V311 {
                 code: 0,
                 reason: None,
             },
+            Ev::Incoming(Packet::SubAck(ack)) => Event::Incoming(Incoming::SubAck {
+                code: match ack.return_codes.first() {
+                    Some(SubscribeReasonCode::Success(qos)) => *qos as u8,
+                    Some(SubscribeReasonCode::Failure) | None => 0x80,
+                },
+                reason: None,
+            }),
+            Ev::Incoming(Packet::Publish(p)) => Event::Incoming(Incoming::Publish {
+                topic: p.topic,
+                payload: p.payload.to_vec(),
+            }),
             _ => Event::Other,
         })
     }
@@ -141,5 +159,11 @@ impl Wire for V311 {
 
     fn packet_size(&self, topic_len: usize, payload_len: usize, _shape: Shape) -> usize {
         packet_size(topic_len, payload_len)
+    }
+
+    fn subscribe(&mut self, topic: String) -> Result<(), String> {
+        self.client
+            .try_subscribe(topic, QoS::AtLeastOnce)
+            .map_err(|e| e.to_string())
     }
 }

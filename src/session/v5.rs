@@ -16,7 +16,7 @@ use std::time::Duration;
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnectReturnCode as Code, Packet, PubAckReason, PublishProperties,
+    ConnectReturnCode as Code, Packet, PubAckReason, PublishProperties, SubscribeReasonCode,
 };
 use rumqttc::v5::{
     Client, Connection, ConnectionError, Event as Ev, MqttOptions, RecvTimeoutError, Request,
@@ -24,10 +24,11 @@ use rumqttc::v5::{
 };
 
 use super::{
-    CONTENT_TYPE_JSON, Event, Fault, Limits, Next, Options, Shape, Wire, await_connack,
+    CONTENT_TYPE_JSON, Event, Fault, Incoming, Limits, Next, Options, Shape, Wire, await_connack,
     packet_size_v5,
 };
 use crate::config::Log;
+use crate::template::MAX_TOPIC_LEN;
 
 struct V5 {
     client: Client,
@@ -40,6 +41,7 @@ pub(super) fn connect(
     o: &Options<'_>,
     addr: String,
     name: &str,
+    receives: bool,
 ) -> Result<(Box<dyn Wire>, Limits), Fault> {
     let broker = o.broker;
     let mut opts = MqttOptions::new(broker.client_id.clone(), addr, broker.port);
@@ -52,6 +54,16 @@ pub(super) fn connect(
         .set_clean_start(true)
         .set_connection_timeout(secs)
         .set_outgoing_inflight_upper_limit(o.inflight);
+    if receives {
+        // A subscriber (`check`) announces, and accepts, messages as large
+        // as the ones it may be sent, with room for the broker's properties.
+        let json = Shape {
+            json: true,
+            ..Shape::default()
+        };
+        let largest = packet_size_v5(MAX_TOPIC_LEN, o.max_payload, json) + 1024;
+        opts.set_max_packet_size(Some(u32::try_from(largest).unwrap_or(u32::MAX)));
+    }
     #[cfg(feature = "tls")]
     if let Some(tls) = &broker.tls {
         opts.set_transport(rumqttc::Transport::Tls(rumqttc::TlsConfiguration::Rustls(
@@ -83,6 +95,8 @@ pub(super) fn connect(
                     receive_max: p.and_then(|p| p.receive_max),
                     max_packet_size: p.and_then(|p| p.max_packet_size),
                     topic_alias_max: p.and_then(|p| p.topic_alias_max).unwrap_or(0),
+                    max_qos: p.and_then(|p| p.max_qos),
+                    retain_available: p.and_then(|p| p.retain_available).map(|r| r != 0),
                 }))
             }
             Ok(Err(e)) => Some(Err(wire.fault(e))),
@@ -118,6 +132,22 @@ fn connack_code(c: Code) -> u8 {
         Code::UseAnotherServer => 0x9C,
         Code::ServerMoved => 0x9D,
         Code::ConnectionRateExceeded => 0x9F,
+    }
+}
+
+fn suback_code(r: &SubscribeReasonCode) -> u8 {
+    use SubscribeReasonCode as S;
+    match r {
+        S::Success(qos) => *qos as u8,
+        S::Failure | S::Unspecified => 0x80,
+        S::ImplementationSpecific => 0x83,
+        S::NotAuthorized => 0x87,
+        S::TopicFilterInvalid => 0x8F,
+        S::PkidInUse => 0x91,
+        S::QuotaExceeded => 0x97,
+        S::SharedSubscriptionsNotSupported => 0x9E,
+        S::SubscriptionIdNotSupported => 0xA1,
+        S::WildcardSubscriptionsNotSupported => 0xA2,
     }
 }
 
@@ -203,6 +233,14 @@ impl Wire for V5 {
                 code: puback_code(ack.reason),
                 reason: ack.properties.and_then(|p| p.reason_string),
             },
+            Ev::Incoming(Packet::SubAck(ack)) => Event::Incoming(Incoming::SubAck {
+                code: ack.return_codes.first().map_or(0x80, suback_code),
+                reason: ack.properties.and_then(|p| p.reason_string),
+            }),
+            Ev::Incoming(Packet::Publish(p)) => Event::Incoming(Incoming::Publish {
+                topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                payload: p.payload.to_vec(),
+            }),
             _ => Event::Other,
         })
     }
@@ -213,6 +251,12 @@ impl Wire for V5 {
 
     fn packet_size(&self, topic_len: usize, payload_len: usize, shape: Shape) -> usize {
         packet_size_v5(topic_len, payload_len, shape)
+    }
+
+    fn subscribe(&mut self, topic: String) -> Result<(), String> {
+        self.client
+            .try_subscribe(topic, QoS::AtLeastOnce)
+            .map_err(|e| e.to_string())
     }
 
     fn release_collision(&mut self, pkid: u16) {

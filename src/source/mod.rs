@@ -5,7 +5,8 @@
 //! A source selects the rows still to send for one destination bit (after
 //! an id, oldest first), marks acknowledged rows, records rows that could
 //! not become a message (and quarantines them), remembers runs, keeps
-//! frameflush's own small key/value state, answers `status` and `purge`,
+//! frameflush's own small key/value state, answers `status` and `purge`
+//! (and `check`: what the database is, whether this user can write it),
 //! and owns the run lock: one run per database and destination bit, taken
 //! the way that database allows (a lock file beside an SQLite file; the
 //! server's `GET_LOCK` for MySQL).
@@ -50,6 +51,24 @@ pub struct Destination {
     /// Rows that failed but will be tried again.
     pub failing: u64,
     pub last_run: Option<LastRun>,
+}
+
+/// What `check` says of the database beyond its rows: what it is, whether
+/// this user can write what a run writes, and whether the index of the
+/// unsent-row selection is there. `None` or empty: not known.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// What the database is, in a few words ("SQLite 3.50.4, journal mode
+    /// wal").
+    pub kind: Option<String>,
+    /// What a run must write that this user cannot, one reason each;
+    /// empty: all writable, when `writable` says what was checked.
+    pub unwritable: Vec<String>,
+    /// What was found writable, in a few words.
+    pub writable: Option<String>,
+    /// The index the unsent-row selection uses, and whether it exists (a
+    /// run creates it when missing).
+    pub index: Option<(String, bool)>,
 }
 
 /// One row that could not become a message.
@@ -176,6 +195,17 @@ pub trait Source {
     /// Sets a value of frameflush's own state, creating its table when
     /// missing.
     fn set_state(&mut self, key: &str, value: &str) -> Result<()>;
+
+    /// What `check` reports of the database itself: its kind, whether
+    /// this user can write it (without writing anything: a probe file in
+    /// the directory at most), and the selection's index. The default
+    /// knows nothing, and `check` then says "not checked" rather than ok.
+    /// Note for the MySQL backend: fill in `kind` (server version),
+    /// `writable`/`unwritable` from the user's grants (UPDATE on
+    /// sensorParser, CREATE/INSERT on frameflush's tables) and `index`.
+    fn health(&self) -> Result<Health> {
+        Ok(Health::default())
+    }
 
     /// What `status` says of this destination.
     fn destination(&self) -> Result<Destination> {

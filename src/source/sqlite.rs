@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use super::{Failure, LastRun, Mode, Source};
+use super::{Failure, Health, LastRun, Mode, Source};
 use crate::config::Target;
 use crate::error::{Error, Exit, Result};
 use crate::lock::RunLock;
@@ -791,6 +791,70 @@ impl Source for Sqlite {
             )
         })
         .map(|_| ())
+    }
+
+    /// The SQLite version and journal mode; whether this user can write
+    /// the database file, its -wal and -shm files and its directory (where
+    /// SQLite makes its journal and frameflush its lock file), found by
+    /// opening the files for writing (nothing written) and by creating and
+    /// removing a probe file in the directory; and the mask's index.
+    fn health(&self) -> Result<Health> {
+        use std::io::ErrorKind;
+        let journal: String = self
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(|e| self.error("read", e))?;
+        let mut unwritable = Vec::new();
+        let db = PathBuf::from(&self.path);
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = db.as_os_str().to_owned();
+            name.push(suffix);
+            let file = PathBuf::from(name);
+            match std::fs::OpenOptions::new().write(true).open(&file) {
+                Ok(_) => {}
+                Err(e) if suffix.is_empty() || e.kind() != ErrorKind::NotFound => {
+                    unwritable.push(format!(
+                        "{} is not writable by this user: {}",
+                        file.display(),
+                        io_reason(&e)
+                    ))
+                }
+                Err(_) => {}
+            }
+        }
+        let dir = match db.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let probe = dir.join(format!(".frameflush-check-{}.tmp", std::process::id()));
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+        {
+            Ok(f) => {
+                drop(f);
+                let _ = std::fs::remove_file(&probe);
+            }
+            Err(e) => unwritable.push(format!(
+                "its directory {} is not writable by this user ({}): SQLite makes its journal there, frameflush its lock file",
+                dir.display(),
+                io_reason(&e)
+            )),
+        }
+        Ok(Health {
+            kind: Some(format!(
+                "SQLite {}, journal mode {journal}",
+                rusqlite::version()
+            )),
+            unwritable,
+            writable: Some(format!(
+                "{} and its directory {} are writable by this user",
+                db.display(),
+                dir.display()
+            )),
+            index: Some((index_name(self.mask), self.indexed)),
+        })
     }
 
     /// The query plan of the unsent-row selection, for tests and `-d`.

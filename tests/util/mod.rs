@@ -1121,6 +1121,27 @@ impl Pki {
         Pki { dir }
     }
 
+    /// Every line of key material in the PKI (the private keys' base64
+    /// lines): none may ever appear in anything frameflush prints.
+    pub fn secret_lines(&self) -> Vec<String> {
+        let mut secrets = Vec::new();
+        for key in [
+            "client-pkcs8.key",
+            "client-pkcs1.key",
+            "client-sec1.key",
+            "ca.key",
+            "server.key",
+        ] {
+            let text = std::fs::read_to_string(self.dir.join(key)).unwrap();
+            secrets.extend(
+                text.lines()
+                    .filter(|l| !l.starts_with("-----"))
+                    .map(str::to_string),
+            );
+        }
+        secrets
+    }
+
     /// mosquitto lines for a TLS listener using the server certificate
     /// `server` (`server` or `wrongname`), then a plain listener on
     /// `plain_port` for the test's subscriber.

@@ -1,0 +1,688 @@
+//! `frameflush check` against real mosquitto processes (MQTT 3.1.1 and 5,
+//! TLS and plain): the verdict of each step, the exit status of the first
+//! failure, that nothing in the database changes, and that no secret is
+//! ever printed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use util::{Broker, Pki, Run, Subscriber, TestEnv, sync_bits};
+
+const PASSWORD: &str = "check-pw-5e1d";
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Nothing that is a secret (the password, any line of key material)
+/// appears in anything the tool printed.
+fn assert_no_secrets(run: &Run) {
+    let mut secrets = vec![PASSWORD.to_string()];
+    secrets.extend(Pki::get().secret_lines());
+    for s in secrets {
+        assert!(
+            !run.stdout.contains(&s) && !run.stderr.contains(&s),
+            "a secret was printed: {run:#?}"
+        );
+    }
+}
+
+/// `frameflush check ARGS` in the test directory, as the timer's user
+/// would run it (with FRAMEFLUSH_PASSWORD when given).
+fn check(env: &TestEnv, args: &[&str], password: Option<&str>) -> Run {
+    let mut cmd = env.cmd(&[&["check"], args].concat());
+    if let Some(pw) = password {
+        cmd.env("FRAMEFLUSH_PASSWORD", pw);
+    }
+    let run = util::run_cmd(cmd, LIMIT);
+    assert_no_secrets(&run);
+    run
+}
+
+/// The report's lines of one step with one status (`ok`, `warn`, `FAIL`,
+/// `skip`).
+fn lines<'a>(run: &'a Run, status: &str, step: &str) -> Vec<&'a str> {
+    let head = format!("{status:<5}{step}: ");
+    run.stdout
+        .lines()
+        .filter(|l| l.starts_with(&head))
+        .collect()
+}
+
+/// Asserts a line of this step and status containing every needle.
+#[track_caller]
+fn expect_line(run: &Run, status: &str, step: &str, needles: &[&str]) {
+    assert!(
+        lines(run, status, step)
+            .iter()
+            .any(|l| needles.iter().all(|n| l.contains(n))),
+        "no `{status} {step}` line with {needles:?}:\n{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+}
+
+/// Every line of the report is a step: `ok`, `warn`, `FAIL` or `skip`.
+#[track_caller]
+fn expect_only_steps(run: &Run) {
+    for l in run.stdout.lines() {
+        assert!(
+            ["ok   ", "warn ", "FAIL ", "skip "]
+                .iter()
+                .any(|p| l.starts_with(p)),
+            "not a step line: {l:?}\n{}",
+            run.stdout
+        );
+    }
+}
+
+/// A database of `n` rows with frameflush's index (so that nothing but the
+/// thing under test is reported), and its bytes.
+fn seeded(env: &TestEnv, n: usize) -> Vec<u8> {
+    drop(env.seed(n));
+    env.run(&["init", "--db", &env.db_arg()]).expect_code(0);
+    std::fs::read(env.db()).unwrap()
+}
+
+fn args<'a>(db: &'a str, url: &'a str, version: &'a str) -> Vec<&'a str> {
+    vec!["--db", db, "-L", url, "-V", version]
+}
+
+#[test]
+fn all_ok_exits_0_publishes_the_next_messages_once_and_leaves_every_sync_value_and_the_file_as_they_were()
+ {
+    for version in ["5", "311"] {
+        let env = TestEnv::new("check-ok");
+        let bytes = seeded(&env, 20);
+        let before = sync_bits(&env.db());
+        let broker = Broker::start(&env);
+        let sub = Subscriber::connect(broker.port, "sensors/#");
+        let (db, url) = (env.db_arg(), broker.url());
+        let run = check(&env, &args(&db, &url, version), None);
+        run.expect_code(0);
+        assert_eq!(run.stderr, "", "{run:#?}");
+        expect_only_steps(&run);
+        for status in ["warn", "FAIL"] {
+            assert!(
+                !run.stdout.lines().any(|l| l.starts_with(status)),
+                "{version}: {}",
+                run.stdout
+            );
+        }
+        let label = if version == "5" {
+            "MQTT 5"
+        } else {
+            "MQTT 3.1.1"
+        };
+        expect_line(&run, "ok", "connack", &["accepted", label]);
+        expect_line(&run, "ok", "backlog", &["20 unsent row(s)"]);
+        expect_line(&run, "ok", "index", &["frameflush_unsent_64 is there"]);
+        expect_line(&run, "ok", "templates", &["20 message(s) on 20 topic(s)"]);
+        let trips = lines(&run, "ok", "round-trip");
+        assert_eq!(trips.len(), 3, "{}", run.stdout);
+        for (topic, trip) in [
+            "sensors/node_00/TC",
+            "sensors/node_01/HUM",
+            "sensors/node_02/PRES",
+        ]
+        .iter()
+        .zip(&trips)
+        {
+            assert!(
+                trip.contains(topic) && trip.contains("delivered back through the subscription"),
+                "{trip}"
+            );
+        }
+        expect_line(&run, "ok", "duplicates", &["1 duplicate per topic checked"]);
+        // The real next messages went out, once each, and nothing changed.
+        let got: Vec<i64> = sub
+            .wait_for(3, Duration::from_secs(10))
+            .iter()
+            .map(|m| m.id())
+            .collect();
+        assert_eq!(got, [1, 2, 3], "{version}");
+        assert_eq!(sync_bits(&env.db()), before);
+        assert!(
+            std::fs::read(env.db()).unwrap() == bytes,
+            "{version}: the database file changed"
+        );
+        // And a flush afterwards sends all 20 (the 3 checked once more).
+        env.run(&["flush", "--db", &db, "-L", &url, "-V", version])
+            .expect_code(0);
+        assert_eq!(util::marked_ids(&env.db(), 64).len(), 20);
+    }
+}
+
+/// Anonymous clients may read everything under sensors/, and publish
+/// everywhere but under sensors/node_00/ (the next row's topic).
+/// `queued`: mosquitto's default max_queued_messages (1000) acknowledges a
+/// 3.1.1 client's refused PUBLISH and drops it; with 0 it closes the
+/// connection.
+fn acl_broker(env: &TestEnv, queued: u32) -> Broker {
+    let acl = env.write(
+        "acl",
+        "topic read sensors/node_00/#\ntopic readwrite sensors/node_01/#\ntopic readwrite sensors/node_02/#\n",
+    );
+    Broker::start_with(
+        env,
+        &format!(
+            "allow_anonymous true\nacl_file {}\nmax_queued_messages {queued}\n",
+            acl.display()
+        ),
+    )
+}
+
+#[test]
+fn an_acl_that_denies_the_next_rows_topic_fails_naming_it_by_the_reason_code_under_mqtt_5_and_by_the_missing_echo_under_3_1_1()
+ {
+    for (version, queued) in [("5", 1000), ("311", 1000), ("311", 0)] {
+        let env = TestEnv::new("check-acl");
+        let bytes = seeded(&env, 20);
+        let broker = acl_broker(&env, queued);
+        let (db, url) = (env.db_arg(), broker.url());
+        let mut a = args(&db, &url, version);
+        a.extend(["--ack-timeout", "2"]);
+        let run = check(&env, &a, None);
+        let (codes, why): (&[i32], &str) = match (version, queued) {
+            ("5", _) => (&[77], "0x87 Not authorized"),
+            (_, 1000) => (&[77], "acknowledged the message but did not route it"),
+            // mosquitto acknowledges and closes the connection: when the
+            // PUBACK is lost with the connection, a flush would charge the
+            // message (65); when it comes through, the topic is refused (77).
+            _ => (&[65, 77], "closed the connection"),
+        };
+        assert!(
+            codes.iter().any(|&c| run.code == Some(c)),
+            "{version}/{queued}: {run:#?}"
+        );
+        expect_line(&run, "FAIL", "round-trip", &["sensors/node_00/TC", why]);
+        run.expect_one_error_line("sensors/node_00/TC");
+        // The other topics went through; only they are duplicates.
+        expect_line(&run, "ok", "round-trip", &["sensors/node_01/HUM"]);
+        expect_line(&run, "ok", "round-trip", &["sensors/node_02/PRES"]);
+        expect_line(&run, "ok", "duplicates", &["the 2 message(s)"]);
+        assert!(std::fs::read(env.db()).unwrap() == bytes);
+    }
+}
+
+/// mosquitto's dynamic security plugin, where Debian, Fedora and a source
+/// install put it.
+fn dynsec_plugin() -> String {
+    let mut dirs: Vec<std::path::PathBuf> = ["/usr/lib", "/usr/lib64", "/usr/local/lib"]
+        .iter()
+        .map(std::path::PathBuf::from)
+        .collect();
+    if let Ok(entries) = std::fs::read_dir("/usr/lib") {
+        dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for d in &dirs {
+        for p in [
+            d.join("mosquitto_dynamic_security.so"),
+            d.join("mosquitto/mosquitto_dynamic_security.so"),
+        ] {
+            if p.is_file() {
+                return p.display().to_string();
+            }
+        }
+    }
+    panic!(
+        "mosquitto_dynamic_security.so (mosquitto's dynamic security plugin, in Debian's mosquitto package) not found under {dirs:?}"
+    );
+}
+
+#[test]
+fn a_subscription_the_broker_refuses_is_a_warning_and_the_puback_alone_is_reported() {
+    for version in ["5", "311"] {
+        let env = TestEnv::new("check-subdeny");
+        seeded(&env, 5);
+        // mosquitto's dynamic security plugin refuses subscriptions (its
+        // ACL file grants them and then delivers nothing).
+        let dynsec = env.write(
+            "dynsec.json",
+            r#"{"defaultACLAccess": {"publishClientSend": true, "publishClientReceive": true, "subscribe": false, "unsubscribe": true}, "clients": [], "groups": [], "roles": []}"#,
+        );
+        let broker = Broker::start_with(
+            &env,
+            &format!(
+                "allow_anonymous true\nplugin {}\nplugin_opt_config_file {}\n",
+                dynsec_plugin(),
+                dynsec.display()
+            ),
+        );
+        let (db, url) = (env.db_arg(), broker.url());
+        let run = check(&env, &args(&db, &url, version), None);
+        run.expect_code(0);
+        let code = if version == "5" { "0x87" } else { "0x80" };
+        expect_line(
+            &run,
+            "warn",
+            "subscribe",
+            &[
+                "cannot verify routing",
+                code,
+                "the ACL does not let this user read the topic",
+            ],
+        );
+        expect_line(
+            &run,
+            "warn",
+            "round-trip",
+            &["sensors/node_00/TC", "acknowledged", "not verified"],
+        );
+        assert!(
+            lines(&run, "FAIL", "round-trip").is_empty(),
+            "{}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn a_broker_that_is_down_gives_69_and_the_steps_that_need_it_are_skipped() {
+    let env = TestEnv::new("check-down");
+    seeded(&env, 5);
+    let url = format!("mqtt://127.0.0.1:{}", util::free_port());
+    let run = check(&env, &args(&env.db_arg(), &url, "5"), None);
+    run.expect_code(69)
+        .expect_one_error_line("connection refused");
+    expect_line(&run, "FAIL", "tcp", &["nothing listens on 127.0.0.1"]);
+    for step in ["connack", "limits", "round-trip"] {
+        assert_eq!(lines(&run, "skip", step).len(), 1, "{step}: {}", run.stdout);
+    }
+    // The database steps still tell what they found.
+    expect_line(&run, "ok", "backlog", &["5 unsent row(s)"]);
+}
+
+fn auth_broker(env: &TestEnv) -> Broker {
+    let pw = env.path("passwd");
+    let out = Command::new("mosquitto_passwd")
+        .args(["-b", "-c"])
+        .arg(&pw)
+        .args(["gateway", PASSWORD])
+        .output()
+        .expect("mosquitto_passwd is installed with mosquitto");
+    assert!(out.status.success(), "{out:?}");
+    Broker::start_with(
+        env,
+        &format!("allow_anonymous false\npassword_file {}\n", pw.display()),
+    )
+}
+
+#[test]
+fn a_wrong_password_gives_77_and_the_right_one_passes_and_neither_is_ever_printed() {
+    let env = TestEnv::new("check-auth");
+    seeded(&env, 5);
+    let broker = auth_broker(&env);
+    let url = format!("mqtt://gateway@127.0.0.1:{}", broker.port);
+    let db = env.db_arg();
+    for version in ["5", "311"] {
+        let run = check(&env, &args(&db, &url, version), Some("wrong-password"));
+        assert!(!run.stdout.contains("wrong-password") && !run.stderr.contains("wrong-password"));
+        // mosquitto answers a wrong password with 0x87 under MQTT 5, and
+        // return code 5 (not authorized) under 3.1.1.
+        run.expect_code(77)
+            .expect_one_error_line("check --username and the password");
+        expect_line(&run, "FAIL", "connack", &["refused the connection"]);
+        expect_line(
+            &run,
+            "ok",
+            "config",
+            &["user gateway with the password from the environment variable FRAMEFLUSH_PASSWORD"],
+        );
+        assert_eq!(lines(&run, "skip", "round-trip").len(), 1);
+    }
+    let pw = env.write("pw", &format!("{PASSWORD}\n"));
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let pw_arg = pw.display().to_string();
+    let mut a = args(&db, &url, "5");
+    a.extend(["--pw-file", &pw_arg, "--json"]);
+    let run = check(&env, &a, None);
+    run.expect_code(0);
+    assert_eq!(run.json()["exit_code"], 0);
+}
+
+/// A mosquitto with a TLS listener serving `cert`/`key` (signed by the test
+/// CA), optionally asking for a client certificate.
+fn tls_broker(env: &TestEnv, cert: &str, key: &str, require_certificate: bool) -> Broker {
+    let pki = Pki::get();
+    Broker::start_with(
+        env,
+        &format!(
+            "allow_anonymous true\ncafile {}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate {require_certificate}\n",
+            pki.path("ca.pem")
+        ),
+    )
+}
+
+#[test]
+fn tls_with_the_wrong_ca_gives_69_naming_the_certificates_problem() {
+    let env = TestEnv::new("check-wrongca");
+    seeded(&env, 5);
+    let pki = Pki::get();
+    let broker = tls_broker(
+        &env,
+        &pki.path("server.pem"),
+        &pki.path("server.key"),
+        false,
+    );
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let other = pki.path("other-ca.pem");
+    let db = env.db_arg();
+    let mut a = args(&db, &url, "5");
+    a.extend(["--cafile", &other]);
+    let run = check(&env, &a, None);
+    run.expect_code(69)
+        .expect_one_error_line("not signed by a trusted CA");
+    expect_line(
+        &run,
+        "FAIL",
+        "tls",
+        &[
+            "the broker's certificate is not signed by a trusted CA",
+            "--cafile",
+        ],
+    );
+    assert_eq!(lines(&run, "skip", "connack").len(), 1, "{}", run.stdout);
+}
+
+#[test]
+fn a_broker_certificate_expiring_in_10_days_warns_and_mutual_tls_shows_the_client_certificate() {
+    let env = TestEnv::new("check-expiry");
+    let bytes = seeded(&env, 5);
+    let pki = Pki::get();
+    // A server certificate for 127.0.0.1 valid for 10 days, signed by the
+    // test CA.
+    let openssl = |a: &[&str]| {
+        let out = Command::new("openssl")
+            .args(a)
+            .current_dir(&env.dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl {a:?}: {out:?}");
+    };
+    openssl(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "soon.key",
+        "-out",
+        "soon.csr",
+        "-subj",
+        "/CN=soon to expire",
+    ]);
+    let (ca, ca_key, ext) = (
+        pki.path("ca.pem"),
+        pki.path("ca.key"),
+        pki.path("server.ext"),
+    );
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "soon.csr",
+        "-CA",
+        &ca,
+        "-CAkey",
+        &ca_key,
+        "-set_serial",
+        "4242",
+        "-out",
+        "soon.pem",
+        "-days",
+        "10",
+        "-extfile",
+        &ext,
+    ]);
+    let soon_key = env.path("soon.key");
+    std::fs::set_permissions(&soon_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let broker = tls_broker(
+        &env,
+        &env.path("soon.pem").display().to_string(),
+        &soon_key.display().to_string(),
+        true,
+    );
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    let (cert, key) = (pki.path("client-pkcs8.pem"), pki.path("client-pkcs8.key"));
+    let db = env.db_arg();
+    let mut a = args(&db, &url, "5");
+    a.extend(["--cafile", &ca, "--cert", &cert, "--key", &key]);
+    let run = check(&env, &a, None);
+    println!("{}", run.stdout);
+    run.expect_code(0);
+    expect_line(
+        &run,
+        "warn",
+        "tls",
+        &["CN=soon to expire", "expires in 10 day(s)", "renew it"],
+    );
+    expect_line(
+        &run,
+        "ok",
+        "tls-files",
+        &["client certificate", "client-pkcs8.pem", "(365 days)"],
+    );
+    // Everything else over TLS is fine: the round trip went through.
+    assert_eq!(lines(&run, "ok", "round-trip").len(), 3, "{}", run.stdout);
+    assert!(std::fs::read(env.db()).unwrap() == bytes);
+}
+
+/// Restores a mode when dropped (a failed assertion must not leave a
+/// directory the cleanup cannot remove).
+struct RestoreMode<'a>(&'a Path, u32);
+
+impl Drop for RestoreMode<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::set_permissions(self.0, std::fs::Permissions::from_mode(self.1));
+    }
+}
+
+#[test]
+fn a_read_only_database_gives_74_for_an_unprivileged_user() {
+    let env = TestEnv::new("check-readonly");
+    let dir = env.path("ro");
+    std::fs::create_dir(&dir).unwrap();
+    let db = dir.join("sensors.db");
+    drop(util::seed_at(&db, 5));
+    let db_arg = db.display().to_string();
+    env.run(&["init", "--db", &db_arg]).expect_code(0);
+    let before = std::fs::read(&db).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let _restore = RestoreMode(&dir, 0o755);
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let broker = Broker::start(&env);
+    let url = broker.url();
+    let a = [
+        "check",
+        "--db",
+        &db_arg,
+        "-L",
+        &url,
+        "-V",
+        "5",
+        "--no-publish",
+    ];
+    let run = util::run_cmd(env.cmd_unprivileged(&a), LIMIT);
+    run.expect_code(74)
+        .expect_one_error_line("not writable by this user");
+    expect_line(
+        &run,
+        "FAIL",
+        "writable",
+        &["sensors.db is not writable by this user"],
+    );
+    expect_line(
+        &run,
+        "FAIL",
+        "writable",
+        &["its directory", "is not writable"],
+    );
+    // Reading still works: the rest is reported.
+    expect_line(&run, "ok", "backlog", &["5 unsent row(s)"]);
+    expect_line(&run, "ok", "connack", &["accepted"]);
+    assert!(std::fs::read(&db).unwrap() == before);
+}
+
+#[test]
+fn a_missing_index_is_reported_and_init_makes_it() {
+    let env = TestEnv::new("check-index");
+    drop(env.seed(5));
+    let broker = Broker::start(&env);
+    let (db, url) = (env.db_arg(), broker.url());
+    let mut a = args(&db, &url, "5");
+    a.push("--no-publish");
+    let run = check(&env, &a, None);
+    run.expect_code(0);
+    expect_line(
+        &run,
+        "warn",
+        "index",
+        &[
+            "frameflush_unsent_64 is missing",
+            "the next run creates it",
+            "frameflush init",
+        ],
+    );
+    expect_line(&run, "skip", "round-trip", &["--no-publish"]);
+    env.run(&["init", "--db", &db]).expect_code(0);
+    let run = check(&env, &a, None);
+    expect_line(&run, "ok", "index", &["frameflush_unsent_64 is there"]);
+}
+
+#[test]
+fn a_row_over_the_brokers_maximum_packet_size_is_named_and_the_other_topics_still_go_round() {
+    let env = TestEnv::new("check-maxpacket");
+    seeded(&env, 20);
+    let c = rusqlite::Connection::open(env.db()).unwrap();
+    c.execute(
+        "UPDATE sensorParser SET value = ?1 WHERE id = 2",
+        ["9".repeat(3000)],
+    )
+    .unwrap();
+    drop(c);
+    let broker = Broker::start_with(&env, "allow_anonymous true\nmax_packet_size 2000\n");
+    let run = check(&env, &args(&env.db_arg(), &broker.url(), "5"), None);
+    run.expect_code(65).expect_one_error_line("row 2");
+    expect_line(
+        &run,
+        "FAIL",
+        "row",
+        &[
+            "row 2 cannot be sent",
+            "exceeds the broker's Maximum Packet Size of 2000 bytes",
+        ],
+    );
+    expect_line(
+        &run,
+        "warn",
+        "limits",
+        &["Maximum Packet Size 2000 bytes", "--max-payload"],
+    );
+    let trips = lines(&run, "ok", "round-trip");
+    assert_eq!(trips.len(), 3, "{}", run.stdout);
+    assert!(trips.iter().all(|t| !t.contains("row 2,")), "{trips:?}");
+    assert!(!broker.log().contains("oversize"), "{}", broker.log());
+}
+
+#[test]
+fn json_prints_one_valid_object_with_every_step_and_the_exit_status() {
+    let env = TestEnv::new("check-json");
+    seeded(&env, 5);
+    let broker = Broker::start(&env);
+    let (db, url) = (env.db_arg(), broker.url());
+    let mut a = args(&db, &url, "5");
+    a.push("--json");
+    let run = check(&env, &a, None);
+    run.expect_code(0);
+    assert_eq!(run.stdout.lines().count(), 1, "{}", run.stdout);
+    let v = run.json();
+    assert_eq!(v["exit_code"], 0);
+    assert!(v["error"].is_null());
+    let steps = v["steps"].as_array().unwrap();
+    let names: Vec<&str> = steps.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    for want in [
+        "config",
+        "database",
+        "writable",
+        "index",
+        "backlog",
+        "lock",
+        "dns",
+        "tcp",
+        "tls",
+        "connack",
+        "limits",
+        "templates",
+        "message",
+        "round-trip",
+        "duplicates",
+        "timer",
+        "last-run",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for s in steps {
+        assert!(
+            ["ok", "warn", "fail", "skip"].contains(&s["status"].as_str().unwrap()),
+            "{s}"
+        );
+        assert!(s["text"].is_string(), "{s}");
+    }
+    let backlog = steps.iter().find(|s| s["name"] == "backlog").unwrap();
+    assert_eq!(backlog["figures"]["unsent"], 5);
+    let trip = steps.iter().find(|s| s["name"] == "round-trip").unwrap();
+    assert_eq!(trip["figures"]["echo"], true);
+    // A failing check: the object carries the status and the error line.
+    let down = format!("mqtt://127.0.0.1:{}", util::free_port());
+    let mut a = args(&db, &down, "5");
+    a.push("--json");
+    let run = check(&env, &a, None);
+    run.expect_code(69);
+    let v = run.json();
+    assert_eq!(v["exit_code"], 69);
+    let line = run
+        .stderr
+        .trim_end()
+        .strip_prefix("frameflush: error: ")
+        .unwrap();
+    assert_eq!(v["error"], line);
+    let tcp = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "tcp")
+        .unwrap()
+        .clone();
+    assert_eq!(tcp["status"], "fail");
+    assert_eq!(tcp["exit_code"], 69);
+}
+
+#[test]
+fn the_man_page_and_the_readme_document_check_with_a_sample_output() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let man = std::fs::read_to_string(root.join("man/frameflush.1")).unwrap();
+    assert!(
+        readme.contains("frameflush check"),
+        "README lacks `frameflush check`"
+    );
+    assert!(
+        man.contains(".SS \"check options\""),
+        "the man page has no check options"
+    );
+    // A sample output: the lines of a real report, in both.
+    for step in ["connack:", "round-trip:", "duplicates:"] {
+        assert!(
+            readme
+                .lines()
+                .any(|l| l.starts_with("ok   ") && l.contains(step)),
+            "README has no sample `ok   {step}` line"
+        );
+        assert!(man.contains(step), "the man page has no sample {step} line");
+    }
+}
