@@ -759,3 +759,222 @@ fn init_status_failures_requeue_and_purge_work_on_a_mysql_database() {
     assert_eq!(purge.json()["deleted_by_age"], 5);
     assert_eq!(db.sync_bits().len(), 0);
 }
+
+/// The report's lines of one `check` step with one status (`ok`, `warn`,
+/// `FAIL`, `skip`).
+fn check_lines<'a>(run: &'a util::Run, status: &str, step: &str) -> Vec<&'a str> {
+    let head = format!("{status:<5}{step}: ");
+    run.stdout
+        .lines()
+        .filter(|l| l.starts_with(&head))
+        .collect()
+}
+
+/// Asserts one line of this step and status, containing every needle.
+#[track_caller]
+fn expect_check_line(run: &util::Run, status: &str, step: &str, needles: &[&str]) {
+    let found = check_lines(run, status, step);
+    assert!(
+        found.len() == 1 && needles.iter().all(|n| found[0].contains(n)),
+        "not one `{status} {step}` line with {needles:?}:\n{}\n{}",
+        run.stdout,
+        run.stderr
+    );
+}
+
+#[test]
+fn check_on_the_firmware_3_1_3_table_says_ok_for_every_database_step_reports_the_high_water_mark_and_marks_nothing()
+ {
+    let env = TestEnv::new("my_check");
+    let db = TestDb::new("check");
+    let mut c = db.create(MESHLIUM_313);
+    insert_rows(&mut c, 20, 0);
+    let broker = Broker::start(&env);
+    let (url, burl) = (db.url(), broker.url());
+    // A run sends the 20 rows; the next one (idle) moves the mark past
+    // them (MyISAM: no margin).
+    for _ in 0..2 {
+        mariadb::run(&env, &["flush", "--db", &url, "-L", &burl]).expect_code(0);
+    }
+    assert_eq!(db.state("hwm:64").as_deref(), Some("20"));
+    insert_rows(&mut c, 5, 0);
+    let before = db.sync_bits();
+    let run = mariadb::run(&env, &["check", "--db", &url, "-L", &burl]);
+    println!("{}", run.stdout);
+    run.expect_code(0);
+    expect_check_line(
+        &run,
+        "ok",
+        "database",
+        &["MariaDB ", "sensorParser is MyISAM with latin1 text"],
+    );
+    expect_check_line(
+        &run,
+        "ok",
+        "writable",
+        &[
+            "user 'frameflush'@'127.0.0.1' may UPDATE sensorParser",
+            "none executed",
+        ],
+    );
+    expect_check_line(&run, "ok", "index", &["none needed", "PRIMARY key"]);
+    expect_check_line(&run, "ok", "backlog", &["5 unsent row(s)"]);
+    expect_check_line(
+        &run,
+        "ok",
+        "high-water",
+        &["at id 20", "sent or quarantined"],
+    );
+    expect_check_line(&run, "ok", "lock", &[]);
+    assert_eq!(
+        check_lines(&run, "ok", "round-trip").len(),
+        3,
+        "{}",
+        run.stdout
+    );
+    for status in ["skip", "FAIL", "warn"] {
+        for step in [
+            "database",
+            "writable",
+            "index",
+            "backlog",
+            "high-water",
+            "lock",
+        ] {
+            assert!(check_lines(&run, status, step).is_empty(), "{}", run.stdout);
+        }
+    }
+    assert_eq!(db.sync_bits(), before, "check marks nothing");
+    // A row below the mark with its bit clear (as a late commit leaves
+    // one): found by check's full scan, a warning, still exit 0.
+    c.query_drop("UPDATE sensorParser SET sync = 0 WHERE id = 3")
+        .unwrap();
+    let before = db.sync_bits();
+    let run = mariadb::run(&env, &["check", "--db", &url, "-L", &burl, "--json"]);
+    run.expect_code(0);
+    let report = run.json();
+    let hw = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "high-water")
+        .unwrap_or_else(|| panic!("no high-water step: {report}"));
+    assert_eq!(hw["status"], "warn", "{hw}");
+    assert_eq!(hw["figures"]["unsent_below"], 1, "{hw}");
+    assert_eq!(hw["figures"]["high_water_mark"], 20, "{hw}");
+    assert!(
+        hw["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 unsent row(s) below the high-water mark 20"),
+        "{hw}"
+    );
+    assert_eq!(db.sync_bits(), before, "check marks nothing");
+    assert_eq!(
+        db.state("hwm:64").as_deref(),
+        Some("20"),
+        "nor moves the mark"
+    );
+    // As it says, the next full scan sends it.
+    db.age_state(3601);
+    mariadb::run(&env, &["flush", "--db", &url, "-L", &burl]).expect_code(0);
+    assert_eq!(db.marked_ids(64), (1..=25).collect());
+}
+
+#[test]
+fn a_user_without_update_on_sensor_parser_fails_check_on_writable_with_77_and_flush_stops_before_publishing()
+ {
+    let env = TestEnv::new("my_grants");
+    let db = TestDb::new("grants");
+    let mut c = db.create(MESHLIUM_313);
+    insert_rows(&mut c, 5, 0);
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let burl = broker.url();
+    let user = format!("ro{}", std::process::id());
+    let account = format!("'{user}'@'127.0.0.1'");
+    let mut admin = db.server.admin();
+    admin
+        .query_drop(format!(
+            "CREATE USER {account} IDENTIFIED BY '{}'",
+            mariadb::PASSWORD
+        ))
+        .unwrap();
+    admin
+        .query_drop(format!(
+            "GRANT SELECT ON `{}`.sensorParser TO {account}",
+            db.name
+        ))
+        .unwrap();
+    let url = format!("mysql://{user}@127.0.0.1:{}/{}", db.server.port, db.name);
+    let before = db.sync_bits();
+    // SELECT only, frameflush's tables not there: both named, with the
+    // GRANT that fixes each.
+    let run = mariadb::run(&env, &["check", "--db", &url, "-L", &burl, "--no-publish"]);
+    println!("{}", run.stdout);
+    run.expect_code(77);
+    let fail = check_lines(&run, "FAIL", "writable");
+    assert_eq!(fail.len(), 1, "{}", run.stdout);
+    for needle in [
+        format!("user {account} may not UPDATE sensorParser"),
+        format!(
+            "GRANT SELECT, UPDATE ON `{}`.sensorParser TO {account}",
+            db.name
+        ),
+        format!("user {account} may not CREATE, INSERT, UPDATE, DELETE frameflush's own tables"),
+        "a run would stop before publishing anything (77)".to_string(),
+    ] {
+        assert!(fail[0].contains(&needle), "{needle}: {}", fail[0]);
+    }
+    assert!(
+        run.stderr.contains("may not UPDATE sensorParser"),
+        "{run:#?}"
+    );
+    // frameflush's own tables there and granted: only sensorParser is
+    // named, and a run refuses before it publishes (else it would send the
+    // same rows again every time).
+    mariadb::run(&env, &["init", "--db", &db.url()]).expect_code(0);
+    for t in ["frameflush_failures", "frameflush_runs", "frameflush_state"] {
+        admin
+            .query_drop(format!(
+                "GRANT SELECT, INSERT, UPDATE, DELETE ON `{}`.{t} TO {account}",
+                db.name
+            ))
+            .unwrap();
+    }
+    let run = mariadb::run(&env, &["check", "--db", &url, "-L", &burl, "--no-publish"]);
+    run.expect_code(77);
+    let fail = check_lines(&run, "FAIL", "writable");
+    assert_eq!(fail.len(), 1, "{}", run.stdout);
+    assert!(
+        fail[0].contains("may not UPDATE sensorParser"),
+        "{}",
+        fail[0]
+    );
+    assert!(!fail[0].contains("own tables"), "{}", fail[0]);
+    let flush = mariadb::run(&env, &["flush", "--db", &url, "-L", &burl]);
+    flush
+        .expect_code(77)
+        .expect_one_error_line("may not mark rows in sensorParser");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sub.messages().len(), 0, "nothing published");
+    assert_eq!(db.sync_bits(), before, "nothing marked");
+    // Granted UPDATE: check is ok on writable, and the run delivers.
+    admin
+        .query_drop(format!(
+            "GRANT UPDATE ON `{}`.sensorParser TO {account}",
+            db.name
+        ))
+        .unwrap();
+    let run = mariadb::run(&env, &["check", "--db", &url, "-L", &burl, "--no-publish"]);
+    run.expect_code(0);
+    expect_check_line(
+        &run,
+        "ok",
+        "writable",
+        &[&format!("user {account} may UPDATE")],
+    );
+    mariadb::run(&env, &["flush", "--db", &url, "-L", &burl]).expect_code(0);
+    assert_eq!(db.marked_ids(64).len(), 5);
+    admin.query_drop(format!("DROP USER {account}")).unwrap();
+}

@@ -3,7 +3,8 @@
 //! deserves a look (`warn`) and what to fix (`FAIL`), marking nothing. It
 //! takes exactly the options of `flush` (the same [`Config`]) and goes in a
 //! run's order: the configuration; the database (kind, writable, index,
-//! backlog) and the run lock; the broker (DNS, TCP, TLS and the broker's
+//! backlog, and for MySQL the high-water mark with a full scan below it)
+//! and the run lock; the broker (DNS, TCP, TLS and the broker's
 //! certificate, CONNACK, the MQTT 5 limits); the messages the next run
 //! would send; a round trip that publishes the real next message of a few
 //! distinct topics and waits for it to come back through a subscription on
@@ -37,7 +38,7 @@ use crate::cli::CheckArgs;
 use crate::config::{Config, Wanted};
 use crate::error::{Error, Exit, Result};
 use crate::session::{Message, Options, Protocol, Session};
-use crate::source::{self, Mode, Source};
+use crate::source::{self, HighWater, Index, Mode, Source};
 use crate::sys::{age, out, print_json};
 
 /// Distinct topics the round trip checks at most (each costs one
@@ -421,13 +422,15 @@ impl Check<'_> {
             json!({ "db": path, "kind": health.kind }),
         );
         if !health.unwritable.is_empty() {
+            let exit = health.unwritable_exit.unwrap_or(Exit::IoErr);
             self.r.fail(
                 "writable",
                 Error::new(
-                    Exit::IoErr,
+                    exit,
                     format!(
-                        "{}; a run would stop before publishing anything (74)",
-                        health.unwritable.join("; ")
+                        "{}; a run would stop before publishing anything ({})",
+                        health.unwritable.join("; "),
+                        exit.code()
                     ),
                 ),
                 Value::Null,
@@ -439,12 +442,12 @@ impl Check<'_> {
                 .skip("writable", "not checked for this kind of database");
         }
         match health.index {
-            Some((name, true)) => self.r.ok(
+            Some(Index::Present(name)) => self.r.ok(
                 "index",
                 format!("{name} is there: finding unsent rows reads no sent ones"),
                 json!({ "index": name, "exists": true }),
             ),
-            Some((name, false)) => {
+            Some(Index::Missing(name)) => {
                 let rows = db.total().map_or("its".to_string(), |n| n.to_string());
                 self.r.warn(
                     "index",
@@ -454,11 +457,18 @@ impl Check<'_> {
                     json!({ "index": name, "exists": false }),
                 );
             }
+            Some(Index::NotNeeded(why)) => {
+                self.r
+                    .ok("index", why, json!({ "index": null, "needed": false }))
+            }
             None => self
                 .r
                 .skip("index", "not checked for this kind of database"),
         }
         self.backlog(&*db);
+        if let Some(hw) = health.high_water {
+            self.high_water(&hw);
+        }
         match db.lock_run() {
             Ok(()) => self.r.ok(
                 "lock",
@@ -518,6 +528,45 @@ impl Check<'_> {
             );
         } else {
             self.r.ok("backlog", text, figures);
+        }
+    }
+
+    /// The high-water mark, and the rows a full scan found below it now
+    /// (committed late: InnoDB transactions that outlived the margin).
+    fn high_water(&mut self, hw: &HighWater) {
+        let mask = self.cfg.target.sync_mask;
+        let due = match hw.full_scan_in_s {
+            0 => "the next run".to_string(),
+            s => format!("in {}", age(s)),
+        };
+        let figures = json!({
+            "high_water_mark": hw.mark,
+            "unsent_below": hw.unsent_below,
+            "full_scan_in_s": hw.full_scan_in_s,
+        });
+        match hw.mark {
+            None => self.r.ok(
+                "high-water",
+                format!(
+                    "no high-water mark yet for sync mask {mask}: the first run reads the whole table once and sets it"
+                ),
+                figures,
+            ),
+            Some(mark) if hw.unsent_below == 0 => self.r.ok(
+                "high-water",
+                format!(
+                    "sync mask {mask} at id {mark}: a full scan found every row up to it sent or quarantined; a run reads only the rows after it (next full scan: {due})"
+                ),
+                figures,
+            ),
+            Some(mark) => self.r.warn(
+                "high-water",
+                format!(
+                    "{} unsent row(s) below the high-water mark {mark} of sync mask {mask} (committed late, or their bit cleared since): the next full scan (hourly, {due}) sends them",
+                    hw.unsent_below
+                ),
+                figures,
+            ),
         }
     }
 

@@ -54,8 +54,8 @@ pub struct Destination {
 }
 
 /// What `check` says of the database beyond its rows: what it is, whether
-/// this user can write what a run writes, and whether the index of the
-/// unsent-row selection is there. `None` or empty: not known.
+/// this user can write what a run writes, and whether the unsent-row
+/// selection reads only what it must. `None` or empty: not known.
 #[derive(Debug, Default)]
 pub struct Health {
     /// What the database is, in a few words ("SQLite 3.50.4, journal mode
@@ -64,11 +64,41 @@ pub struct Health {
     /// What a run must write that this user cannot, one reason each;
     /// empty: all writable, when `writable` says what was checked.
     pub unwritable: Vec<String>,
+    /// The exit status a run gives for what `unwritable` names (74 when
+    /// `None`).
+    pub unwritable_exit: Option<Exit>,
     /// What was found writable, in a few words.
     pub writable: Option<String>,
-    /// The index the unsent-row selection uses, and whether it exists (a
-    /// run creates it when missing).
-    pub index: Option<(String, bool)>,
+    /// How the unsent-row selection finds its rows.
+    pub index: Option<Index>,
+    /// The high-water mark of this destination bit, for a source that
+    /// keeps one instead of an index.
+    pub high_water: Option<HighWater>,
+}
+
+/// How the unsent-row selection finds its rows.
+#[derive(Debug)]
+pub enum Index {
+    /// Through this index, which is there.
+    Present(String),
+    /// Through this index, which is missing (a run creates it).
+    Missing(String),
+    /// Without an index of frameflush's, for this reason (MySQL only).
+    #[cfg_attr(not(feature = "mysql"), allow(dead_code))]
+    NotNeeded(String),
+}
+
+/// The high-water mark of one destination bit, and what a full scan below
+/// it found now.
+#[derive(Debug)]
+pub struct HighWater {
+    /// `None`: no run has set one yet.
+    pub mark: Option<i64>,
+    /// Rows still to send (not quarantined) with an id at or below the
+    /// mark: committed late; the next full scan sends them.
+    pub unsent_below: u64,
+    /// Seconds until a run does its next full scan (0: the next run).
+    pub full_scan_in_s: i64,
 }
 
 /// One row that could not become a message.
@@ -198,11 +228,10 @@ pub trait Source {
 
     /// What `check` reports of the database itself: its kind, whether
     /// this user can write it (without writing anything: a probe file in
-    /// the directory at most), and the selection's index. The default
-    /// knows nothing, and `check` then says "not checked" rather than ok.
-    /// Note for the MySQL backend: fill in `kind` (server version),
-    /// `writable`/`unwritable` from the user's grants (UPDATE on
-    /// sensorParser, CREATE/INSERT on frameflush's tables) and `index`.
+    /// the directory, statements prepared and never executed), the
+    /// selection's index, and the high-water mark where there is one. The
+    /// default knows nothing, and `check` then says "not checked" rather
+    /// than ok.
     fn health(&self) -> Result<Health> {
         Ok(Health::default())
     }

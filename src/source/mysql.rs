@@ -46,7 +46,7 @@ use mysql::consts::{CapabilityFlags, ColumnType};
 use mysql::prelude::Queryable;
 use mysql::{Conn, OptsBuilder, Params, Value};
 
-use super::{Failure, LastRun, Mode, Source};
+use super::{Failure, Health, HighWater, Index, LastRun, Mode, Source};
 use crate::config::{MysqlDb, Target};
 use crate::error::{Error, Exit, Result};
 use crate::row::{Field, Row};
@@ -260,21 +260,29 @@ impl Mysql {
     /// The storage engine of `sensorParser` ("" when the server does not
     /// say).
     fn engine(&self) -> Result<String> {
+        Ok(self.table_status()?.0)
+    }
+
+    /// The storage engine and collation of `sensorParser` ("" for what the
+    /// server does not say).
+    fn table_status(&self) -> Result<(String, String)> {
         let rows: Vec<mysql::Row> = self
             .conn
             .borrow_mut()
             .query("SHOW TABLE STATUS LIKE 'sensorParser'")
             .map_err(|e| self.error("read", &e))?;
-        Ok(rows
-            .first()
-            .and_then(|r| {
-                let i = r
-                    .columns_ref()
-                    .iter()
-                    .position(|c| c.name_str().eq_ignore_ascii_case("engine"))?;
-                r.as_ref(i).and_then(text)
-            })
-            .unwrap_or_default())
+        let get = |name: &str| {
+            rows.first()
+                .and_then(|r| {
+                    let i = r
+                        .columns_ref()
+                        .iter()
+                        .position(|c| c.name_str().eq_ignore_ascii_case(name))?;
+                    r.as_ref(i).and_then(text)
+                })
+                .unwrap_or_default()
+        };
+        Ok((get("engine"), get("collation")))
     }
 
     fn query_strings(&self, what: &str, sql: &str) -> Result<Vec<String>> {
@@ -435,6 +443,120 @@ impl Mysql {
             self.set_state(&key, &(id - 1).max(0).to_string())?;
         }
         Ok(())
+    }
+
+    /// The marking statement of this mask, as a run sends it (for rows
+    /// that do not exist).
+    fn mark_probe(&self) -> String {
+        format!(
+            "UPDATE sensorParser SET sync = sync | {}, `timestamp` = `timestamp` WHERE id = 0",
+            self.mask
+        )
+    }
+
+    /// Whether the server lets this user run `sql`, asked by preparing it
+    /// (the server checks the privileges then) and never executing it:
+    /// nothing is written, nothing locked. `Some(reason)`: refused. A
+    /// table that does not exist yet passes: the privilege is checked
+    /// before the table is looked up.
+    fn denied(&self, sql: &str) -> Result<Option<String>> {
+        let mut conn = self.conn.borrow_mut();
+        match conn.prep(sql) {
+            Ok(stmt) => {
+                let _ = conn.close(stmt);
+                Ok(None)
+            }
+            Err(mysql::Error::MySqlError(e)) if matches!(e.code, 1142 | 1143 | 1044) => {
+                Ok(Some(e.message))
+            }
+            Err(mysql::Error::MySqlError(e)) if e.code == 1146 => Ok(None),
+            Err(e) => Err(mysql_error(&self.db, "read", &e)),
+        }
+    }
+
+    /// The session's account as the server matched it, `'user'@'host'`.
+    fn account(&self) -> Result<String> {
+        let who = self
+            .query_strings("read", "SELECT CURRENT_USER()")?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        Ok(match who.rsplit_once('@') {
+            Some((user, host)) => format!("'{user}'@'{host}'"),
+            None => format!("'{who}'"),
+        })
+    }
+
+    /// Why this user may not do what a run does, one line each: UPDATE
+    /// on `sensorParser`; CREATE (while missing), INSERT, UPDATE, DELETE on
+    /// frameflush's own tables.
+    fn unwritable(&self, account: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let database = &self.db.database;
+        if let Some(why) = self.denied(&self.mark_probe())? {
+            out.push(format!(
+                "user {account} may not UPDATE sensorParser in {} ({why}): a run could not mark what it sent; \
+                 grant it with GRANT SELECT, UPDATE ON `{database}`.sensorParser TO {account}",
+                self.place
+            ));
+        }
+        let mut refused: Vec<&str> = Vec::new();
+        for (i, table) in OWN_TABLE_NAMES.iter().enumerate() {
+            let key = if *table == "frameflush_state" {
+                "`key`"
+            } else {
+                "sync_mask"
+            };
+            let mut probes = vec![
+                ("INSERT", format!("INSERT INTO {table} () VALUES ()")),
+                (
+                    "UPDATE",
+                    format!("UPDATE {table} SET {key} = {key} WHERE 1 = 0"),
+                ),
+                ("DELETE", format!("DELETE FROM {table} WHERE 1 = 0")),
+            ];
+            if !self.own_tables {
+                probes.insert(0, ("CREATE", OWN_TABLES[i].to_string()));
+            }
+            for (privilege, sql) in probes {
+                if self.denied(&sql)?.is_some() && !refused.contains(&privilege) {
+                    refused.push(privilege);
+                }
+            }
+        }
+        if !refused.is_empty() {
+            let list = refused.join(", ");
+            out.push(format!(
+                "user {account} may not {list} frameflush's own tables ({}) in {}: a run records its runs, failed rows and high-water mark there; \
+                 grant it with GRANT {list} ON `{database}`.* TO {account} (or on each of those tables)",
+                OWN_TABLE_NAMES.join(", "),
+                self.place
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The mark of this mask, and what a full scan below it finds now.
+    fn high_water(&self) -> Result<HighWater> {
+        let mask = self.mask;
+        let mark = self.state_i64(&format!("hwm:{mask}"))?;
+        let unsent_below = match mark {
+            Some(m) if m > 0 => self.count(
+                &format!("SELECT COUNT(*) {} AND s.id <= ?", self.pending()),
+                (m,),
+            )?,
+            _ => 0,
+        };
+        let now = self.int("SELECT UNIX_TIMESTAMP()", ())?.unwrap_or(0);
+        let full_scan_in_s = match self.state_i64(&format!("full-scan:{mask}"))? {
+            Some(t) if t <= now => (t + FULL_SCAN_EVERY_S - now).max(0),
+            _ => 0,
+        };
+        Ok(HighWater {
+            mark,
+            unsent_below,
+            full_scan_in_s,
+        })
     }
 
     fn row(&self, r: mysql::Row) -> Result<Row> {
@@ -645,7 +767,21 @@ impl Source for Mysql {
         Ok(n)
     }
 
+    /// Also asks the server whether this user may mark rows (by preparing
+    /// the marking statement, see [`Mysql::denied`]): the insert into
+    /// frameflush's own table proves nothing of `sensorParser`, and a run
+    /// that found out only after publishing would send the same rows
+    /// again every time.
     fn begin_run(&mut self) -> Result<()> {
+        if let Some(why) = self.denied(&self.mark_probe())? {
+            return Err(Error::new(
+                Exit::NoPerm,
+                format!(
+                    "{}: user {} may not mark rows in sensorParser ({why}); grant it SELECT and UPDATE on sensorParser",
+                    self.place, self.db.user
+                ),
+            ));
+        }
         self.ensure_own_tables()?;
         self.exec_drop(
             "write to",
@@ -878,6 +1014,43 @@ impl Source for Mysql {
         Ok(format!("from id {}: {}", self.floor, out.join("; ")))
     }
 
+    /// The server's version and the table's engine and character set;
+    /// writability from the server itself, by preparing (never executing)
+    /// every kind of statement a run writes with (see [`Mysql::denied`]);
+    /// no index, by design; and the high-water mark, with a full scan for
+    /// unsent rows below it. Reads only.
+    fn health(&self) -> Result<Health> {
+        let version = self
+            .query_strings("read", "SELECT VERSION()")?
+            .into_iter()
+            .next()
+            .unwrap_or_default();
+        let (engine, collation) = self.table_status()?;
+        let charset = collation.split('_').next().unwrap_or_default().to_string();
+        let account = self.account()?;
+        let unwritable = self.unwritable(&account)?;
+        let creates = if self.own_tables {
+            ""
+        } else {
+            " (and CREATE them: not there yet)"
+        };
+        Ok(Health {
+            kind: Some(format!(
+                "{}, sensorParser is {engine} with {charset} text",
+                server_name(&version)
+            )),
+            unwritable,
+            unwritable_exit: Some(Exit::NoPerm),
+            writable: Some(format!(
+                "user {account} may UPDATE sensorParser and INSERT, UPDATE, DELETE frameflush's own tables{creates}: the server accepted every statement a run writes with (prepared, none executed)"
+            )),
+            index: Some(Index::NotNeeded(
+                "none needed: Meshlium's table is never altered; a run reads a range of the PRIMARY key after its high-water mark (and the whole table once an hour)".to_string(),
+            )),
+            high_water: Some(self.high_water()?),
+        })
+    }
+
     fn state(&self, key: &str) -> Result<Option<String>> {
         if !self.own_tables {
             return Ok(None);
@@ -989,6 +1162,28 @@ pub fn lock_name(database: &str, mask: i64) -> String {
         h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
     }
     format!("frameflush:{h:016x}:{mask}")
+}
+
+/// "MariaDB 10.11.19" from `VERSION()`'s "10.11.19-MariaDB-0+deb12u1",
+/// "MySQL 5.1.73" from "5.1.73-1" (a server that does not say it is
+/// MariaDB is MySQL). MariaDB 10 told old clients "5.5.5-10.…": the
+/// prefix is dropped.
+pub fn server_name(version: &str) -> String {
+    let mariadb = version.to_ascii_lowercase().contains("mariadb");
+    let version = match version.strip_prefix("5.5.5-") {
+        Some(rest) if mariadb => rest,
+        _ => version,
+    };
+    let number: String = version
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let number = if number.is_empty() { version } else { &number };
+    if mariadb {
+        format!("MariaDB {number}")
+    } else {
+        format!("MySQL {number}")
+    }
 }
 
 /// "MySQL database MeshliumDB at localhost:3306" (or "… at socket PATH").
@@ -1281,6 +1476,17 @@ mod tests {
         let n = lock_name(&long, 1 << 62);
         assert!(n.len() <= 64, "{n}");
         assert_ne!(n, lock_name(&"e".repeat(64), 1 << 62));
+    }
+
+    #[test]
+    fn server_versions_read_as_name_and_number() {
+        assert_eq!(
+            server_name("10.11.19-MariaDB-0+deb12u1"),
+            "MariaDB 10.11.19"
+        );
+        assert_eq!(server_name("5.5.5-10.3.39-MariaDB"), "MariaDB 10.3.39");
+        assert_eq!(server_name("5.1.73-1"), "MySQL 5.1.73");
+        assert_eq!(server_name("8.0.36"), "MySQL 8.0.36");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use super::{Failure, Health, LastRun, Mode, Source};
+use super::{Failure, Health, Index, LastRun, Mode, Source};
 use crate::config::Target;
 use crate::error::{Error, Exit, Result};
 use crate::lock::RunLock;
@@ -853,7 +853,12 @@ impl Source for Sqlite {
                 db.display(),
                 dir.display()
             )),
-            index: Some((index_name(self.mask), self.indexed)),
+            index: Some(if self.indexed {
+                Index::Present(index_name(self.mask))
+            } else {
+                Index::Missing(index_name(self.mask))
+            }),
+            ..Health::default()
         })
     }
 
