@@ -205,7 +205,7 @@ pub fn purge(args: &PurgeArgs) -> Result<Exit> {
     if purged.over_cap
         && let Some(cap) = args.max_rows
     {
-        eprintln!(
+        crate::sys::say!(
             "frameflush: warning: {}",
             retention::over_cap_warning(&purged, cap)
         );
@@ -221,7 +221,7 @@ pub fn purge(args: &PurgeArgs) -> Result<Exit> {
 pub fn import_meshlium(args: &ImportMeshliumArgs) -> Result<Exit> {
     let (config, notes) = crate::meshlium::import(std::path::Path::new(&args.dir))?;
     for note in notes {
-        eprintln!("frameflush: note: {note}");
+        crate::sys::say!("frameflush: note: {note}");
     }
     match serde_json::to_string_pretty(&config) {
         Ok(text) => out(&text),

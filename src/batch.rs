@@ -125,7 +125,7 @@ pub fn render(
         .map(|(id, why)| {
             summary.failed += 1;
             if !cfg.log.quiet && summary.failed <= MAX_ROW_ERRORS_SHOWN {
-                eprintln!("frameflush: row {id} not sent: {why}");
+                crate::sys::say!("frameflush: row {id} not sent: {why}");
             }
             (id, why.0)
         })
@@ -203,7 +203,7 @@ pub fn render_and_record(
     let failed = render(cfg, rows, summary, out);
     let quarantined = db.record_failures(&failed, cfg.max_attempts)?;
     if quarantined > 0 && !cfg.log.quiet {
-        eprintln!(
+        crate::sys::say!(
             "frameflush: {quarantined} row(s) failed {} time(s) and are quarantined: see `frameflush failures`",
             cfg.max_attempts
         );
@@ -214,9 +214,12 @@ pub fn render_and_record(
 
 pub fn chunk_log(log: Log, summary: &Summary, rows: usize) {
     if log.verbose && rows > 0 {
-        eprintln!(
+        crate::sys::say!(
             "frameflush: selected {rows} row(s) ({} so far, {} published, {} acknowledged, {} marked)",
-            summary.selected, summary.published, summary.acknowledged, summary.marked
+            summary.selected,
+            summary.published,
+            summary.acknowledged,
+            summary.marked
         );
     }
 }

@@ -82,7 +82,7 @@ impl Progress {
             .get_or_insert_with(|| (db.backlog().unwrap_or(0), summary.marked));
         let left = left_then.saturating_sub(summary.marked - marked_then);
         let rate = summary.marked as f64 / start.elapsed().as_secs_f64();
-        eprint!(
+        crate::sys::say_part!(
             "\r\x1b[Kframeflush: {} sent, {rate:.0}/s, {left} left",
             summary.marked
         );
@@ -91,7 +91,7 @@ impl Progress {
 
     fn finish(&self) {
         if self.shown {
-            eprint!("\r\x1b[K");
+            crate::sys::say_part!("\r\x1b[K");
         }
     }
 }
@@ -322,7 +322,7 @@ impl<'a> Drain<'a> {
             }
             self.skip.extend(m.rows.ids());
             if self.cfg.log.verbose {
-                eprintln!(
+                crate::sys::say!(
                     "frameflush: sending the suspected {} alone first",
                     m.rows.label()
                 );
@@ -352,7 +352,7 @@ impl<'a> Drain<'a> {
                         rows.ids().iter().map(|&i| (i, why.clone())).collect();
                     self.summary.failed += failed.len() as u64;
                     if !self.cfg.log.quiet && self.summary.failed <= MAX_ROW_ERRORS_SHOWN {
-                        eprintln!("frameflush: {} not sent: {why}", rows.label());
+                        crate::sys::say!("frameflush: {} not sent: {why}", rows.label());
                     }
                     let quarantined = self.db.record_failures(&failed, self.cfg.max_attempts)?;
                     self.note_quarantined(quarantined);
@@ -364,7 +364,7 @@ impl<'a> Drain<'a> {
                         return Err(error);
                     }
                     if self.cfg.log.verbose {
-                        eprintln!("frameflush: {error}; reconnecting for the rest");
+                        crate::sys::say!("frameflush: {error}; reconnecting for the rest");
                     }
                     session.close();
                     session = self.reconnect(error)?;
@@ -590,7 +590,7 @@ impl<'a> Drain<'a> {
             for (rows, why) in std::mem::take(&mut self.pending_charges) {
                 self.summary.failed += rows.ids().len() as u64;
                 if !self.cfg.log.quiet && self.summary.failed <= MAX_ROW_ERRORS_SHOWN {
-                    eprintln!("frameflush: {} not sent: {why}", rows.label());
+                    crate::sys::say!("frameflush: {} not sent: {why}", rows.label());
                 }
                 self.refused
                     .extend(rows.ids().iter().map(|&id| (id, why.clone())));
@@ -621,7 +621,7 @@ impl<'a> Drain<'a> {
                 // One error line at the end sums the refusals up; -v names
                 // each.
                 if self.cfg.log.verbose {
-                    eprintln!("frameflush: {} not sent: {why}", r.rows.label());
+                    crate::sys::say!("frameflush: {} not sent: {why}", r.rows.label());
                 }
                 self.summary
                     .refusal(exit, || format!("{}: {}", r.rows.label(), why));
@@ -752,7 +752,7 @@ impl<'a> Drain<'a> {
         // send one at a time are among those selected again.
         self.probation = self.probation.max(unresolved.len());
         if self.cfg.log.verbose {
-            eprintln!(
+            crate::sys::say!(
                 "frameflush: {error}; reconnecting, then {} message(s) in doubt go one at a time",
                 self.probation
             );
@@ -801,7 +801,7 @@ impl<'a> Drain<'a> {
     fn fail_rows(&mut self, rows: &Rows, why: String) -> Result<()> {
         self.summary.failed += rows.ids().len() as u64;
         if !self.cfg.log.quiet && self.summary.failed <= MAX_ROW_ERRORS_SHOWN {
-            eprintln!("frameflush: {} not sent: {why}", rows.label());
+            crate::sys::say!("frameflush: {} not sent: {why}", rows.label());
         }
         let failed: Vec<(i64, String)> = rows.ids().iter().map(|&id| (id, why.clone())).collect();
         let quarantined = self.db.record_failures(&failed, self.cfg.max_attempts)?;
@@ -811,7 +811,7 @@ impl<'a> Drain<'a> {
 
     fn note_quarantined(&mut self, quarantined: u64) {
         if quarantined > 0 && !self.cfg.log.quiet {
-            eprintln!(
+            crate::sys::say!(
                 "frameflush: {quarantined} row(s) failed {} time(s) and are quarantined: see `frameflush failures`",
                 self.cfg.max_attempts
             );
@@ -833,7 +833,7 @@ impl<'a> Drain<'a> {
         let n = self.db.mark(&self.acked)?;
         self.summary.marked += n as u64;
         if self.cfg.log.verbose {
-            eprintln!(
+            crate::sys::say!(
                 "frameflush: marked {} row(s) sent ({} so far)",
                 self.acked.len(),
                 self.summary.marked
@@ -886,7 +886,7 @@ impl<'a> Drain<'a> {
             && (!self.queue.is_empty() || self.more)
             && Instant::now() >= self.publish_deadline
         {
-            eprintln!("frameflush: --max-time reached; the rest waits for the next run");
+            crate::sys::say!("frameflush: --max-time reached; the rest waits for the next run");
         }
         match failure {
             Some(e) => Err(e),

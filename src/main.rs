@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             Ok(a) => args.push(a),
             // The argument itself is not shown: it may hold a secret.
             Err(_) => {
-                eprintln!("frameflush: error: argument {i} is not valid UTF-8");
+                crate::sys::say!("frameflush: error: argument {i} is not valid UTF-8");
                 return ExitCode::from(Exit::Usage.code());
             }
         }
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
                 }
                 Err(()) => {
                     let why: Vec<&str> = early.output.split_whitespace().collect();
-                    eprintln!(
+                    crate::sys::say!(
                         "frameflush: error: {} (see `frameflush --help`)",
                         why.join(" ")
                     );
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code.code()),
         Err(e) => {
             if !quiet {
-                eprintln!("frameflush: error: {e}");
+                crate::sys::say!("frameflush: error: {e}");
             }
             ExitCode::from(e.exit.code())
         }
@@ -111,7 +111,7 @@ fn run(cli: Cli, quiet: &mut bool) -> Result<Exit> {
             *quiet = cfg.log.quiet;
             if !cfg.log.quiet {
                 for w in &cfg.warnings {
-                    eprintln!("frameflush: warning: {w}");
+                    crate::sys::say!("frameflush: warning: {w}");
                 }
             }
             let (summary, error) = run::flush(&cfg);

@@ -53,7 +53,7 @@ pub fn flush(cfg: &Config) -> (Summary, Option<Error>) {
                 return (summary, Some(e));
             }
             if !cfg.log.quiet {
-                eprintln!("frameflush: warning: {e}");
+                crate::sys::say!("frameflush: warning: {e}");
             }
         }
     }
@@ -100,7 +100,7 @@ fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()
     db.lock_run()?;
     db.ensure_schema()?;
     if cfg.log.debug {
-        eprintln!("frameflush: query plan: {}", db.selection_plan()?);
+        crate::sys::say!("frameflush: query plan: {}", db.selection_plan()?);
     }
     let first = next_rows(cfg, &*db, 0, 0)?;
     if first.rows.is_empty() {
@@ -116,7 +116,7 @@ fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()
     if let Err(e) = db.end_run(exit, summary.marked)
         && cfg.log.verbose
     {
-        eprintln!("frameflush: could not record the run's outcome: {e}");
+        crate::sys::say!("frameflush: could not record the run's outcome: {e}");
     }
     if cfg.json || cfg.metrics_file.is_some() {
         summary.backlog = db.backlog().ok();

@@ -31,7 +31,7 @@ pub fn hostname() -> String {
 pub fn print_json<T: serde::Serialize>(value: &T) {
     match serde_json::to_string(value) {
         Ok(s) => out(&s),
-        Err(e) => eprintln!("frameflush: error: cannot write JSON: {e}"),
+        Err(e) => crate::sys::say!("frameflush: error: cannot write JSON: {e}"),
     }
 }
 
@@ -42,6 +42,30 @@ pub fn out(line: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = writeln!(stdout, "{line}");
 }
+
+/// Writes to stderr. `eprintln!` panics when stderr is gone (a pipe whose
+/// reader exited, `2>&1 | head`); a message nobody can read is not worth a
+/// panic and exit 101: the exit status still tells.
+pub fn to_stderr(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().lock().write_fmt(args);
+}
+
+/// `eprintln!` that never panics: see [`to_stderr`].
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::sys::to_stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprint!` that never panics.
+macro_rules! say_part {
+    ($($arg:tt)*) => {
+        $crate::sys::to_stderr(format_args!($($arg)*))
+    };
+}
+
+pub(crate) use {say, say_part};
 
 /// "3d 4h", "12m 5s": an age for people (`status`, `check`).
 pub fn age(seconds: i64) -> String {

@@ -335,3 +335,30 @@ fn status_shows_the_last_run_that_had_rows_to_send() {
     assert_eq!(j["last_run"]["exit_code"], 0);
     assert_eq!(j["last_run"]["rows_marked"], 4);
 }
+
+#[test]
+fn a_closed_stderr_costs_the_error_line_but_never_a_panic_or_the_exit_status() {
+    let env = TestEnv::new("closed-stderr");
+    env.seed(3);
+    let db = env.db_arg();
+    let cases: [(&[&str], i32); 3] = [
+        (&["flush", "--no-such-flag"], 64),
+        (&["flush", "--db", "missing.db"], 66),
+        (
+            &["flush", "--db", &db, "-L", "mqtt://127.0.0.1:1", "-v"],
+            69,
+        ),
+    ];
+    for (args, code) in cases {
+        // A pipe whose reader is gone: every write to stderr fails (EPIPE).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let status = env
+            .cmd(args)
+            .stderr(writer)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(code), "{args:?}");
+    }
+}

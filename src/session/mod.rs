@@ -628,7 +628,7 @@ impl Session {
                 if o.wanted == Wanted::Auto && first == Protocol::V5 && fault.means_no_v5() =>
             {
                 if o.log.verbose {
-                    eprintln!(
+                    crate::sys::say!(
                         "frameflush: broker {name} did not take an MQTT 5 CONNECT ({}); trying MQTT 3.1.1",
                         fault.words()
                     );
@@ -678,7 +678,7 @@ impl Session {
                     limits.topic_alias_max
                 ));
             }
-            eprintln!("{said}");
+            crate::sys::say!("{said}");
         }
         Ok(Session {
             wire,
@@ -984,7 +984,7 @@ impl Session {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 if self.log.verbose {
-                    eprintln!(
+                    crate::sys::say!(
                         "frameflush: DISCONNECT did not go out within {} s",
                         wait.as_secs_f64()
                     );

@@ -67,7 +67,7 @@ pub(super) fn connect(
         match wire.connection.recv_timeout(left) {
             Ok(Ok(event)) => {
                 if o.log.debug {
-                    eprintln!("frameflush: mqtt: {event:?}");
+                    crate::sys::say!("frameflush: mqtt: {event:?}");
                 }
                 // MQTT 3.1.1 announces no limits.
                 matches!(event, Ev::Incoming(Packet::ConnAck(_))).then(|| Ok(Limits::default()))
@@ -127,7 +127,7 @@ impl Wire for V311 {
             Err(RecvTimeoutError::Disconnected) => return Next::Ended,
         };
         if self.log.debug {
-            eprintln!("frameflush: mqtt: {event:?}");
+            crate::sys::say!("frameflush: mqtt: {event:?}");
         }
         Next::Event(match event {
             Ev::Outgoing(Outgoing::Publish(pkid)) => Event::Publish(pkid),

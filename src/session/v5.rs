@@ -85,7 +85,7 @@ pub(super) fn connect(
         match wire.connection.recv_timeout(left) {
             Ok(Ok(event)) => {
                 if o.log.debug {
-                    eprintln!("frameflush: mqtt: {event:?}");
+                    crate::sys::say!("frameflush: mqtt: {event:?}");
                 }
                 let Ev::Incoming(Packet::ConnAck(ack)) = event else {
                     return None;
@@ -222,7 +222,7 @@ impl Wire for V5 {
             Err(RecvTimeoutError::Disconnected) => return Next::Ended,
         };
         if self.log.debug {
-            eprintln!("frameflush: mqtt: {event:?}");
+            crate::sys::say!("frameflush: mqtt: {event:?}");
         }
         Next::Event(match event {
             Ev::Outgoing(Outgoing::Publish(pkid)) => Event::Publish(pkid),
