@@ -9,43 +9,16 @@
 
 mod util;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use util::{Broker, Fault, Proxy, Rng, Subscriber, TestEnv, marked_ids};
+use util::{
+    Broker, Fault, Proxy, Rng, Subscriber, TestEnv, marked_ids, received_under, wait_received,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Messages per id received under the topic prefix `prefix/` (topics are
-/// `prefix/{id}`).
-fn received_under(sub: &Subscriber, prefix: &str) -> BTreeMap<i64, usize> {
-    let mut counts = BTreeMap::new();
-    for m in sub.messages() {
-        if let Some(id) = m
-            .topic
-            .strip_prefix(prefix)
-            .and_then(|t| t.strip_prefix('/'))
-        {
-            *counts.entry(id.parse::<i64>().unwrap()).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
-/// Waits (bounded) until every id in `want` was received under `prefix`.
-fn wait_received(sub: &Subscriber, prefix: &str, want: &BTreeSet<i64>) -> BTreeMap<i64, usize> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = received_under(sub, prefix);
-        if want.iter().all(|id| got.contains_key(id)) || Instant::now() > deadline {
-            std::thread::sleep(Duration::from_millis(50));
-            return received_under(sub, prefix);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
 
 /// The figures a fault test reports.
 #[derive(Default, Debug)]

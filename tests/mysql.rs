@@ -10,7 +10,7 @@
 
 mod util;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,39 +18,12 @@ use std::time::{Duration, Instant};
 use mysql::prelude::Queryable;
 
 use util::mariadb::{self, MESHLIUM_313, MESHLIUM_NEWER, MariaDb, TestDb, insert_rows};
-use util::{Broker, Fault, Proxy, Rng, Subscriber, TestEnv};
+use util::{Broker, Fault, Proxy, Rng, Subscriber, TestEnv, wait_received};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 fn newer(engine: &str) -> String {
     MESHLIUM_NEWER.replace("{engine}", engine)
-}
-
-/// Messages per id received under `prefix/` (topics `prefix/{id}`).
-fn received_under(sub: &Subscriber, prefix: &str) -> BTreeMap<i64, usize> {
-    let mut counts = BTreeMap::new();
-    for m in sub.messages() {
-        if let Some(id) = m
-            .topic
-            .strip_prefix(prefix)
-            .and_then(|t| t.strip_prefix('/'))
-        {
-            *counts.entry(id.parse::<i64>().unwrap()).or_insert(0) += 1;
-        }
-    }
-    counts
-}
-
-fn wait_received(sub: &Subscriber, prefix: &str, want: &BTreeSet<i64>) -> BTreeMap<i64, usize> {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let got = received_under(sub, prefix);
-        if want.iter().all(|id| got.contains_key(id)) || Instant::now() > deadline {
-            std::thread::sleep(Duration::from_millis(50));
-            return received_under(sub, prefix);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// 10,000 rows with gaps (deleted rows), other destinations' bits and rows

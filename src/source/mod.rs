@@ -253,6 +253,40 @@ pub trait Source {
     }
 }
 
+/// The columns frameflush reads or writes; a table without one of them is
+/// refused before anything is sent.
+const REQUIRED_COLUMNS: [&str; 9] = [
+    "id",
+    "id_wasp",
+    "id_secret",
+    "frame_type",
+    "frame_number",
+    "sensor",
+    "value",
+    "timestamp",
+    "sync",
+];
+
+/// Refuses (66) a `sensorParser` whose `columns` (lower case) lack one that
+/// frameflush needs; `place` names the database for the line.
+fn check_columns(columns: &[String], place: &str) -> Result<()> {
+    let missing: Vec<&str> = REQUIRED_COLUMNS
+        .iter()
+        .copied()
+        .filter(|c| !columns.iter().any(|have| have == c))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(crate::error::Error::new(
+        Exit::NoInput,
+        format!(
+            "table sensorParser in {place} lacks the column(s) {}",
+            missing.join(", ")
+        ),
+    ))
+}
+
 /// Opens the database the target names and checks its table: a missing
 /// database or table is 66, one that cannot be used (or, in ReadWrite,
 /// written) is 74.

@@ -108,19 +108,6 @@ const OWN_TABLES: [&str; 3] = [
 ];
 const OWN_TABLE_NAMES: [&str; 3] = ["frameflush_failures", "frameflush_runs", "frameflush_state"];
 
-/// The columns frameflush reads or writes.
-const REQUIRED_COLUMNS: [&str; 9] = [
-    "id",
-    "id_wasp",
-    "id_secret",
-    "frame_type",
-    "frame_number",
-    "sensor",
-    "value",
-    "timestamp",
-    "sync",
-];
-
 const SELECT_COLUMNS: &str = "s.id, s.id_wasp, s.id_secret, s.frame_type, s.frame_number, \
      s.sensor, s.`value`, s.`timestamp`";
 
@@ -239,21 +226,7 @@ impl Mysql {
             .filter_map(|r| r.as_ref(0).and_then(text))
             .map(|c| c.to_ascii_lowercase())
             .collect();
-        let missing: Vec<&str> = REQUIRED_COLUMNS
-            .iter()
-            .copied()
-            .filter(|c| !columns.iter().any(|have| have == c))
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::new(
-                Exit::NoInput,
-                format!(
-                    "table sensorParser in {} lacks the column(s) {}",
-                    self.place,
-                    missing.join(", ")
-                ),
-            ));
-        }
+        super::check_columns(&columns, &self.place.to_string())?;
         Ok(())
     }
 

@@ -43,20 +43,6 @@ pub const CREATE_TABLE: &str = "CREATE TABLE IF NOT EXISTS sensorParser (
   raw          TEXT,
   parser_type  INTEGER NOT NULL DEFAULT 0)";
 
-/// The columns frameflush reads or writes; a table without one of them is
-/// refused before anything is sent.
-const REQUIRED_COLUMNS: [&str; 9] = [
-    "id",
-    "id_wasp",
-    "id_secret",
-    "frame_type",
-    "frame_number",
-    "sensor",
-    "value",
-    "timestamp",
-    "sync",
-];
-
 /// frameflush's own tables, created beside the producer's.
 const OWN_TABLES: &str = "
 CREATE TABLE IF NOT EXISTS frameflush_failures (
@@ -259,21 +245,7 @@ impl Sqlite {
                 ),
             ));
         }
-        let missing: Vec<&str> = REQUIRED_COLUMNS
-            .iter()
-            .copied()
-            .filter(|c| !columns.iter().any(|have| have == c))
-            .collect();
-        if !missing.is_empty() {
-            return Err(Error::new(
-                Exit::NoInput,
-                format!(
-                    "table sensorParser in {} lacks the column(s) {}",
-                    self.path,
-                    missing.join(", ")
-                ),
-            ));
-        }
+        super::check_columns(&columns, &self.path)?;
         Ok(())
     }
 

@@ -11,7 +11,7 @@
 #[cfg(feature = "mysql")]
 pub mod mariadb;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read as _;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -1164,5 +1164,34 @@ impl Subscriber {
     /// A subscriber that logs in with a user name and password.
     pub fn connect_as(port: u16, filter: &str, user: &str, password: &str) -> Subscriber {
         Subscriber::connect_opts(port, filter, Some((user, password)))
+    }
+}
+
+/// Messages per id received under the topic prefix `prefix/` (topics are
+/// `prefix/{id}`).
+pub fn received_under(sub: &Subscriber, prefix: &str) -> BTreeMap<i64, usize> {
+    let mut counts = BTreeMap::new();
+    for m in sub.messages() {
+        if let Some(id) = m
+            .topic
+            .strip_prefix(prefix)
+            .and_then(|t| t.strip_prefix('/'))
+        {
+            *counts.entry(id.parse::<i64>().unwrap()).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// Waits (bounded) until every id in `want` was received under `prefix`.
+pub fn wait_received(sub: &Subscriber, prefix: &str, want: &BTreeSet<i64>) -> BTreeMap<i64, usize> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = received_under(sub, prefix);
+        if want.iter().all(|id| got.contains_key(id)) || Instant::now() > deadline {
+            std::thread::sleep(Duration::from_millis(50));
+            return received_under(sub, prefix);
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
