@@ -130,6 +130,8 @@ enum Alone {
         why: String,
         error: Error,
     },
+    /// It could not even be handed to the MQTT client.
+    Failed(Error),
 }
 
 pub struct Drain<'a> {
@@ -175,7 +177,6 @@ pub struct Drain<'a> {
     /// since the last PUBACK: at [`MAX_STRIKES`] the broker or the link, not
     /// a message, is at fault, and the run ends.
     strikes: u32,
-    reconnects: u32,
     /// Messages that lost the connection while alone in flight: charged
     /// once a later message gets a PUBACK (the broker works, so it was this
     /// message); else, at the end, kept as suspects.
@@ -226,7 +227,6 @@ impl<'a> Drain<'a> {
             published_high: 0,
             probation: 0,
             strikes: 0,
-            reconnects: 0,
             pending_charges: Vec::new(),
             unproven: None,
         })
@@ -345,6 +345,7 @@ impl<'a> Drain<'a> {
                     self.forgive(id);
                     self.fail_rows(&m.rows, why)?;
                 }
+                Alone::Failed(e) => return Err(e),
                 Alone::Charged { rows, why, error } => {
                     // A suspect already: it made a connection fail before,
                     // and now again, alone.
@@ -407,13 +408,8 @@ impl<'a> Drain<'a> {
         match session.publish(m) {
             Ok(()) => self.summary.published += n,
             Err(Unsent::TooLarge { message, why }) => return Alone::TooLarge(message, why),
-            Err(Unsent::Failed(error)) => {
-                return Alone::Charged {
-                    rows,
-                    why: "it could not be handed to the MQTT client".into(),
-                    error,
-                };
-            }
+            // Not the message's fault: the run ends, nobody is charged.
+            Err(Unsent::Failed(error)) => return Alone::Failed(error),
         }
         let deadline = Instant::now() + self.cfg.ack_timeout;
         loop {
@@ -723,7 +719,7 @@ impl<'a> Drain<'a> {
             .collect();
         if !retry
             || self.strikes >= MAX_STRIKES
-            || self.reconnects >= MAX_RECONNECTS
+            || self.summary.reconnects >= MAX_RECONNECTS
             || Instant::now() >= self.publish_deadline
         {
             if let Some(rows) = unresolved.first() {
@@ -765,7 +761,6 @@ impl<'a> Drain<'a> {
     /// A new connection after `lost`; if it cannot be had, the run ends with
     /// both reasons.
     fn reconnect(&mut self, lost: Error) -> Result<Session> {
-        self.reconnects += 1;
         self.summary.reconnects += 1;
         self.last_progress = Instant::now();
         self.connect().map_err(|e| {
