@@ -468,33 +468,11 @@ fn parse_mysql_url(s: &str) -> std::result::Result<MysqlDb, String> {
                 .into(),
         );
     }
-    let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
-        let Some(end) = inner.find(']') else {
-            return Err("has an unclosed '[' in the host".to_string());
-        };
-        let after = &inner[end + 1..];
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p),
-            None if after.is_empty() => None,
-            None => return Err("has text after the ']' of the host".to_string()),
-        };
-        (&inner[..end], port)
-    } else {
-        match hostport.rsplit_once(':') {
-            Some((h, p)) => (h, Some(p)),
-            None => (hostport, None),
-        }
-    };
+    let (host, port) = split_host_port(hostport)?;
     if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("has no host, or one with spaces".to_string());
     }
-    let port = match port {
-        None => MYSQL_DEFAULT_PORT,
-        Some(p) => match p.parse::<u16>() {
-            Ok(p) if p > 0 => p,
-            _ => return Err(format!("has a bad port {p:?} (1 to 65535)")),
-        },
-    };
+    let port = port.unwrap_or(MYSQL_DEFAULT_PORT);
     if database.is_empty() {
         return Err(format!("names no database: use {FORM}"));
     }
@@ -583,6 +561,36 @@ struct Url {
     topic: Option<String>,
 }
 
+/// `HOST[:PORT]` or `[IPV6]:PORT` of a URL: the host (without brackets)
+/// and the port, 1 to 65535, when one is given. Errors finish "the URL …".
+fn split_host_port(hostport: &str) -> std::result::Result<(&str, Option<u16>), String> {
+    let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
+        let Some(end) = inner.find(']') else {
+            return Err("has an unclosed '[' in the host".to_string());
+        };
+        let after = &inner[end + 1..];
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(p),
+            None if after.is_empty() => None,
+            None => return Err("has text after the ']' of the host".to_string()),
+        };
+        (&inner[..end], port)
+    } else {
+        match hostport.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    let port = match port {
+        None => None,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) if p > 0 => Some(p),
+            _ => return Err(format!("has a bad port {p:?} (1 to 65535)")),
+        },
+    };
+    Ok((host, port))
+}
+
 fn parse_url(s: &str) -> std::result::Result<Url, String> {
     let (tls, rest) = if let Some(rest) = s
         .strip_prefix("mqtt://")
@@ -615,33 +623,10 @@ fn parse_url(s: &str) -> std::result::Result<Url, String> {
             return Err("has an empty user name before '@'".into());
         }
     }
-    let (host, port) = if let Some(inner) = hostport.strip_prefix('[') {
-        let Some(end) = inner.find(']') else {
-            return Err("has an unclosed '[' in the host".to_string());
-        };
-        let after = &inner[end + 1..];
-        let port = match after.strip_prefix(':') {
-            Some(p) => Some(p),
-            None if after.is_empty() => None,
-            None => return Err("has text after the ']' of the host".to_string()),
-        };
-        (&inner[..end], port)
-    } else {
-        match hostport.rfind(':') {
-            Some(i) => (&hostport[..i], Some(&hostport[i + 1..])),
-            None => (hostport, None),
-        }
-    };
+    let (host, port) = split_host_port(hostport)?;
     if host.is_empty() {
         return Err("has no host".to_string());
     }
-    let port = match port {
-        None => None,
-        Some(p) => match p.parse::<u16>() {
-            Ok(p) if p > 0 => Some(p),
-            _ => return Err(format!("has a bad port {p:?} (1 to 65535)")),
-        },
-    };
     Ok(Url {
         tls,
         host: host.to_string(),
