@@ -127,8 +127,26 @@ pub fn status(args: &StatusArgs) -> Result<Exit> {
             },
         };
         text.push_str(&format!(
-            "\nsync mask {}:\n  unsent:        {}\n  oldest unsent: {oldest}\n  quarantined:   {} (failing, to be retried: {})\n  last run:      {last_run}\n  protocol:      {protocol}",
-            d.sync_mask, d.unsent, d.quarantined, d.failing
+            "\nsync mask {}:\n  sent:          {}\n  waiting:       {}\n  failing:       {} (failed, to be retried)\n  quarantined:   {} (failed --max-attempts times, skipped until requeued)\n  of total:      {}\n  unsent:        {} (waiting + failing)\n  oldest unsent: {oldest}",
+            d.sync_mask, d.sent, d.waiting, d.failing, d.quarantined, d.total, d.unsent
+        ));
+        if d.null_sync > 0 {
+            text.push_str(&format!(
+                "\n  sync NULL:     {} (sent to no destination yet; counted above)",
+                d.null_sync
+            ));
+        }
+        if !d.suspects.is_empty() {
+            text.push_str(&format!(
+                "\n  suspects:      {} held, tried alone first by the next run:",
+                d.suspects.len()
+            ));
+            for s in &d.suspects {
+                text.push_str(&format!("\n    row {}: {}", s.row_id, s.why));
+            }
+        }
+        text.push_str(&format!(
+            "\n  last run:      {last_run}\n  protocol:      {protocol}"
         ));
     }
     out(&text);

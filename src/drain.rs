@@ -98,7 +98,7 @@ impl Progress {
 
 /// The state key of this destination's suspects: their first row ids.
 fn suspects_key(mask: i64) -> String {
-    format!("suspects:{mask}")
+    crate::source::suspects_key(mask)
 }
 
 /// The state key of the protocol a broker was last reached with.
@@ -820,6 +820,7 @@ impl<'a> Drain<'a> {
         if !self.refused.is_empty() {
             let refused = std::mem::take(&mut self.refused);
             let quarantined = self.db.record_failures(&refused, self.cfg.max_attempts)?;
+            self.summary.refused_quarantined += quarantined;
             self.note_quarantined(quarantined);
         }
         if self.acked.is_empty() {

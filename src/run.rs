@@ -36,7 +36,9 @@ pub fn flush(cfg: &Config) -> (Summary, Option<Error>) {
         publish_run(cfg, &mut summary, start)
     };
     let error = result.err().or_else(|| summary.refusal_error());
-    summary.unsent = summary.selected.saturating_sub(summary.marked);
+    summary.unsent = summary
+        .selected
+        .saturating_sub(summary.marked + summary.quarantined);
     summary.elapsed_ms = start.elapsed().as_millis() as u64;
     summary.exit_code = exit_status(&summary, error.as_ref()).code();
     summary.error = error.as_ref().map(|e| e.message.clone());
@@ -88,7 +90,7 @@ fn dry_run(cfg: &Config, summary: &mut Summary) -> Result<()> {
     out.flush()
         .map_err(|e| Error::new(Exit::IoErr, format!("cannot write to stdout: {e}")))?;
     if cfg.json {
-        summary.backlog = db.backlog().ok();
+        summary.count_backlog(&*db);
     }
     Ok(())
 }
@@ -99,13 +101,18 @@ fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()
     let mut db = source::open(&cfg.target, Mode::ReadWrite)?;
     db.lock_run()?;
     db.ensure_schema()?;
+    for note in db.take_notes() {
+        if cfg.log.verbose {
+            crate::sys::say!("frameflush: {note}");
+        }
+    }
     if cfg.log.debug {
         crate::sys::say!("frameflush: query plan: {}", db.selection_plan()?);
     }
     let first = next_rows(cfg, &*db, 0, 0)?;
     if first.rows.is_empty() {
         if cfg.json || cfg.metrics_file.is_some() {
-            summary.backlog = db.backlog().ok();
+            summary.count_backlog(&*db);
         }
         return Ok(());
     }
@@ -119,7 +126,7 @@ fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()
         crate::sys::say!("frameflush: could not record the run's outcome: {e}");
     }
     if cfg.json || cfg.metrics_file.is_some() {
-        summary.backlog = db.backlog().ok();
+        summary.count_backlog(&*db);
         summary.oldest_unsent_age_s = db.oldest_unsent().ok().and_then(|(_, age)| age);
     }
     result

@@ -1,6 +1,11 @@
 //! What a run did, counted: the [`Summary`] that `--json` prints, the
 //! metrics file carries and the exit status is decided from. `run` fills it;
 //! `metrics` and `main` only read it.
+//!
+//! Its words are `status`'s: a row is sent (`marked` by this run), waiting,
+//! failing (failed, to be retried) or quarantined; `unsent` counts the rows
+//! this run selected that are still to send at its end (waiting or
+//! failing), `backlog` all of them in the database (`waiting` + `failing`).
 
 use serde::Serialize;
 
@@ -23,15 +28,22 @@ pub struct Summary {
     /// Rows of messages the broker refused (MQTT 5 PUBACK reason code of
     /// 0x80 or more, or a DISCONNECT naming the message): unsent, recorded.
     pub refused: u64,
-    /// Rows this run quarantined (they reached `--max-attempts`).
+    /// Rows this run quarantined (they reached `--max-attempts`): no
+    /// longer unsent, skipped until requeued.
     pub quarantined: u64,
     /// New connections after a lost one (the messages in doubt then go one
     /// at a time).
     pub reconnects: u32,
-    /// Selected by this run and still unsent at its end.
+    /// Selected by this run and still to send at its end (waiting or
+    /// failing; neither marked nor quarantined by it).
     pub unsent: u64,
-    /// Unsent rows for this mask in the database at the end, when known.
+    /// Rows still to send for this mask in the database at the end, when
+    /// known: `waiting` + `failing` (quarantined rows not counted).
     pub backlog: Option<u64>,
+    /// Of the backlog, rows that never failed, when known.
+    pub waiting: Option<u64>,
+    /// Of the backlog, rows that failed but are tried again, when known.
+    pub failing: Option<u64>,
     /// Age in seconds of the oldest of them, when known.
     pub oldest_unsent_age_s: Option<i64>,
     pub elapsed_ms: u64,
@@ -48,6 +60,9 @@ pub struct Summary {
     /// The first refusal of the run, for the error line.
     #[serde(skip)]
     pub first_refusal: Option<String>,
+    /// Of the refused rows, those this run quarantined.
+    #[serde(skip)]
+    pub refused_quarantined: u64,
 }
 
 impl Summary {
@@ -62,17 +77,40 @@ impl Summary {
         }
     }
 
-    /// The error line of a run whose only trouble was refusals.
+    /// The error line of a run whose only trouble was refusals: what
+    /// became of the refused rows, quarantined now or to be retried.
     pub fn refusal_error(&self) -> Option<Error> {
         let exit = self.refusal_exit?;
+        let (refused, quarantined) = (self.refused, self.refused_quarantined.min(self.refused));
+        let fate = if quarantined == 0 {
+            "they stay unsent and are retried by the next runs up to --max-attempts".to_string()
+        } else if quarantined == refused {
+            "they have reached --max-attempts and are quarantined".to_string()
+        } else {
+            format!(
+                "{quarantined} of them have reached --max-attempts and are quarantined, the other {} stay unsent and are retried",
+                refused - quarantined
+            )
+        };
         Some(Error::new(
             exit,
             format!(
-                "the broker refused {} row(s), first {}; they stay unsent and are retried up to --max-attempts (see `frameflush failures`)",
-                self.refused,
+                "the broker refused {refused} row(s), first {}; {fate} (see `frameflush failures`)",
                 self.first_refusal.as_deref().unwrap_or("?")
             ),
         ))
+    }
+
+    /// The backlog at the end, and how it divides into waiting and failing
+    /// rows (left unknown when the database does not answer).
+    pub fn count_backlog(&mut self, db: &dyn crate::source::Source) {
+        self.backlog = db.backlog().ok();
+        let failing = db.failure_counts().ok().map(|(_, failing)| failing);
+        self.waiting = match (self.backlog, failing) {
+            (Some(b), Some(f)) => Some(b.saturating_sub(f)),
+            _ => None,
+        };
+        self.failing = failing.filter(|_| self.backlog.is_some());
     }
 }
 

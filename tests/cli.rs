@@ -266,13 +266,22 @@ fn status_reports_unsent_oldest_and_total_as_text_and_json() {
     let d = &j["destinations"][0];
     assert_eq!(d["sync_mask"], 64);
     assert_eq!(d["unsent"], 3);
+    let four: Vec<u64> = ["sent", "waiting", "failing", "quarantined", "total"]
+        .iter()
+        .map(|k| d[k].as_u64().unwrap())
+        .collect();
+    assert_eq!(four, [1, 3, 0, 0, 4], "{d}");
     let age = d["oldest_unsent_age_s"].as_i64().unwrap();
     assert!((3 * 3600..3 * 3600 + 60).contains(&age), "{j}");
     assert!(d["last_run"].is_null());
     let run = env.run(&["status", "--db", "sensors.db", "--sync-mask", "1"]);
     run.expect_code(0);
     assert!(
-        run.stdout.contains("sync mask 1:\n  unsent:        3\n"),
+        run.stdout.contains(
+            "sync mask 1:\n  sent:          1\n  waiting:       3\n  failing:       0 (failed, to be retried)\n  \
+             quarantined:   0 (failed --max-attempts times, skipped until requeued)\n  of total:      4\n  \
+             unsent:        3 (waiting + failing)\n"
+        ),
         "{}",
         run.stdout
     );

@@ -510,15 +510,37 @@ impl Check<'_> {
             (Some(t), None) => format!(", the oldest from {t}"),
             (None, _) => String::new(),
         };
-        let text = format!(
+        let mut text = format!(
             "{unsent} unsent row(s){oldest_text}; {quarantined} quarantined, {failing} failing but to be retried"
         );
+        // Rows whose sync is NULL (sent nowhere yet), and the suspects a
+        // run holds: told, not judged.
+        let null_sync = db.null_sync().unwrap_or(0);
+        if null_sync > 0 {
+            text.push_str(&format!(
+                "; {null_sync} row(s) with sync NULL (sent to no destination yet, counted above)"
+            ));
+        }
+        let suspects = db.suspects().unwrap_or_default();
+        if !suspects.is_empty() {
+            let list: Vec<String> = suspects
+                .iter()
+                .map(|s| format!("row {} ({})", s.row_id, s.why))
+                .collect();
+            text.push_str(&format!(
+                "; {} suspect(s) held, tried alone first by the next run: {}",
+                suspects.len(),
+                list.join(", ")
+            ));
+        }
         let figures = json!({
             "unsent": unsent,
             "oldest_unsent": oldest,
             "oldest_unsent_age_s": age_s,
             "quarantined": quarantined,
             "failing": failing,
+            "null_sync": null_sync,
+            "suspects": suspects,
         });
         if quarantined > 0 {
             self.r.warn(

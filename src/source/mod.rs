@@ -37,20 +37,50 @@ pub enum Mode {
     ReadOnly,
 }
 
-/// What `status` reports of one destination (sync bit).
+/// What `status` reports of one destination (sync bit): every row of the
+/// table is exactly one of sent, waiting, failing or quarantined, so the
+/// four add up to `total`.
 #[derive(Debug, Serialize)]
 pub struct Destination {
     pub sync_mask: i64,
-    /// Rows still to send (bit clear, not quarantined).
+    /// Rows in the table when counted: sent + waiting + failing +
+    /// quarantined.
+    pub total: u64,
+    /// Rows with this destination's bit set: delivered.
+    pub sent: u64,
+    /// Rows to send that never failed: the backlog proper.
+    pub waiting: u64,
+    /// Rows that failed but will be tried again (by the next run).
+    pub failing: u64,
+    /// Rows that failed `--max-attempts` times and are skipped until
+    /// requeued.
+    pub quarantined: u64,
+    /// Rows still to send: waiting + failing (quarantined not counted).
     pub unsent: u64,
+    /// Rows whose `sync` is NULL: sent to no destination yet (counted in
+    /// the waiting, failing or quarantined ones).
+    pub null_sync: u64,
     pub oldest_unsent: Option<String>,
     /// Seconds since `oldest_unsent`, when it is a date.
     pub oldest_unsent_age_s: Option<i64>,
-    /// Rows that failed `--max-attempts` times and are skipped.
-    pub quarantined: u64,
-    /// Rows that failed but will be tried again.
-    pub failing: u64,
+    /// Messages a run suspects of killing the connection, held to be tried
+    /// alone first by the next run: their first row, and why.
+    pub suspects: Vec<Suspect>,
     pub last_run: Option<LastRun>,
+}
+
+/// A message held as a suspect: its first row id, and why (the failure
+/// ledger's last error, or that it failed alone and is not yet charged).
+#[derive(Debug, Serialize)]
+pub struct Suspect {
+    pub row_id: i64,
+    pub why: String,
+}
+
+/// The state key of a destination's suspects: the first row ids of the
+/// messages to try alone first, space-separated.
+pub fn suspects_key(mask: i64) -> String {
+    format!("suspects:{mask}")
 }
 
 /// What `check` says of the database beyond its rows: what it is, whether
@@ -168,8 +198,8 @@ pub trait Source {
     /// The last run recorded for this destination.
     fn last_run(&self) -> Result<Option<LastRun>>;
 
-    /// Rows still to send for this destination now (quarantined rows not
-    /// counted).
+    /// Rows still to send for this destination now: waiting and failing
+    /// (quarantined rows not counted). A row whose `sync` is NULL is unsent.
     fn backlog(&self) -> Result<u64>;
 
     /// Points this handle at another destination bit (`status` over
@@ -186,7 +216,9 @@ pub trait Source {
     /// seconds (when it reads as a date).
     fn oldest_unsent(&self) -> Result<(Option<String>, Option<i64>)>;
 
-    /// Rows of this destination quarantined, and failing but to be retried.
+    /// Rows of this destination quarantined, and failing but to be retried:
+    /// rows that are in the table with the bit clear (a record of a row
+    /// deleted or delivered since is not counted).
     fn failure_counts(&self) -> Result<(u64, u64)>;
 
     /// Deletes up to `limit` rows with `id > after` whose `require` bits are
@@ -236,18 +268,58 @@ pub trait Source {
         Ok(Health::default())
     }
 
-    /// What `status` says of this destination.
+    /// Notes for `-v` on what opening the database found (a table whose
+    /// ids started again, an index replaced), taken once.
+    fn take_notes(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Rows whose `sync` is NULL (all of them unsent for every mask).
+    fn null_sync(&self) -> Result<u64>;
+
+    /// The suspects held for this destination, with why.
+    fn suspects(&self) -> Result<Vec<Suspect>> {
+        let Some(held) = self.state(&suspects_key(self.sync_mask()))? else {
+            return Ok(Vec::new());
+        };
+        let ids: Vec<i64> = held.split(' ').filter_map(|id| id.parse().ok()).collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let failures = self.failures()?;
+        Ok(ids
+            .into_iter()
+            .map(|row_id| {
+                let why = match failures.iter().find(|f| f.row_id == row_id) {
+                    Some(f) => format!("{} attempt(s), last: {}", f.attempts, f.last_error),
+                    None => "failed alone, not yet charged".to_string(),
+                };
+                Suspect { row_id, why }
+            })
+            .collect())
+    }
+
+    /// What `status` says of this destination. `total` is counted first;
+    /// the rest from the rows still to send and the failure ledger (which
+    /// counts only rows that are there and still unsent), so the four
+    /// numbers add up to it.
     fn destination(&self) -> Result<Destination> {
+        let total = self.total()?;
         let unsent = self.backlog()?;
         let (oldest_unsent, oldest_unsent_age_s) = self.oldest_unsent()?;
         let (quarantined, failing) = self.failure_counts()?;
         Ok(Destination {
             sync_mask: self.sync_mask(),
+            total,
+            sent: total.saturating_sub(unsent + quarantined),
+            waiting: unsent.saturating_sub(failing),
+            failing,
+            quarantined,
             unsent,
+            null_sync: self.null_sync()?,
             oldest_unsent,
             oldest_unsent_age_s,
-            quarantined,
-            failing,
+            suspects: self.suspects()?,
             last_run: self.last_run()?,
         })
     }

@@ -9,16 +9,20 @@
 //! on `sync`, "unsent" cannot be found cheaply, so this source keeps a
 //! *high-water mark* per destination bit in its own state: an id at or
 //! below which every row is marked or quarantined. A run selects
-//! `WHERE id > mark AND (sync & MASK) = 0 ORDER BY id LIMIT batch`, a range
-//! scan on the primary key that costs the rows since the mark, not the
-//! table. The mark never skips a row that can still appear (see [`step`]):
+//! `WHERE id > mark AND (COALESCE(sync, 0) & MASK) = 0 ORDER BY id LIMIT
+//! batch` (a NULL `sync` has been sent nowhere), a range scan on the
+//! primary key that costs the rows since the mark, not the table. The mark never skips a row that can still appear (see [`step`]):
 //! it only moves to an id that was the table's largest at least
 //! [`MARGIN_S`] earlier (InnoDB commits ids out of order; MyISAM, whose
 //! inserts are visible at once, needs no margin) and only past rows found
 //! marked or quarantined then; and every [`FULL_SCAN_EVERY_S`] one run
 //! selects from id 0, so a row that appeared below the mark anyway (a
 //! transaction open longer than the margin, a restored dump) is found
-//! within that time.
+//! within that time. A table whose ids started again (emptied by
+//! `TRUNCATE`, dropped and made again, restored) is caught at once, by
+//! what the mark is kept against (see [`Mysql::mismatch`]): the row at the
+//! mark, which must be there sent or quarantined, as it was when the mark
+//! moved there; one that no longer matches sends the run back to id 0.
 //!
 //! frameflush's own state lives in the same database, in tables
 //! `frameflush_failures`, `frameflush_runs` and `frameflush_state` beside
@@ -131,6 +135,8 @@ pub struct Mysql {
     /// Rows with `id <= floor` are not looked at: the mark, or 0 in a
     /// full-scan run and for read-only commands.
     floor: i64,
+    /// For `-v`, taken by [`Source::take_notes`].
+    notes: Vec<String>,
 }
 
 impl Mysql {
@@ -183,6 +189,7 @@ impl Mysql {
             own_tables: false,
             margin_s: MARGIN_S,
             floor: 0,
+            notes: Vec::new(),
         };
         m.check_table()?;
         let own: Vec<String> = m.query_strings("read", "SHOW TABLES LIKE 'frameflush\\_%'")?;
@@ -334,10 +341,10 @@ impl Mysql {
             format!(
                 "FROM sensorParser s LEFT JOIN frameflush_failures f \
                  ON f.sync_mask = {mask} AND f.row_id = s.id AND f.quarantined_at IS NOT NULL \
-                 WHERE (s.sync & {mask}) = 0 AND f.row_id IS NULL"
+                 WHERE (COALESCE(s.sync, 0) & {mask}) = 0 AND f.row_id IS NULL"
             )
         } else {
-            format!("FROM sensorParser s WHERE (s.sync & {mask}) = 0")
+            format!("FROM sensorParser s WHERE (COALESCE(s.sync, 0) & {mask}) = 0")
         }
     }
 
@@ -374,22 +381,63 @@ impl Mysql {
             format!("hwm-candidate:{mask}"),
             format!("full-scan:{mask}"),
         );
+        let row_key = format!("hwm-row:{mask}");
         let now = self.int("SELECT UNIX_TIMESTAMP()", ())?.unwrap_or(0);
         let max_id = self
             .int("SELECT MAX(id) FROM sensorParser", ())?
             .unwrap_or(0);
-        let mark = self.state_i64(&mark_key)?.unwrap_or(0);
-        let candidate = self.state(&cand_key)?.and_then(|v| {
+        let stored = self.state_i64(&mark_key)?.unwrap_or(0);
+        let mut mark = stored;
+        let mut candidate = self.state(&cand_key)?.and_then(|v| {
             let (id, at) = v.split_once(' ')?;
             Some((id.parse().ok()?, at.parse().ok()?))
         });
+        let witness = self.state(&row_key)?.and_then(|v| {
+            let (id, sum) = v.split_once(' ')?;
+            Some((id.parse().ok()?, sum.parse().ok()?))
+        });
+        let mismatch = if mark > 0 {
+            self.mismatch(mark, max_id, witness)?
+        } else {
+            None
+        };
+        if let Some((why, stale_ledger)) = &mismatch {
+            let mut note = format!(
+                "sensorParser in {} no longer matches the high-water mark {mark} of sync mask {mask}: {why}; reading it again from id 0",
+                self.place
+            );
+            if *stale_ledger {
+                // The failure records name ids of rows that are gone: the
+                // new rows with those ids are not the ones that failed.
+                let n = self.exec_drop(
+                    "write to",
+                    "DELETE FROM frameflush_failures WHERE sync_mask = ?",
+                    (mask,),
+                )?;
+                if n > 0 {
+                    note.push_str(&format!(
+                        " (and forgetting the {n} failure record(s) of the rows that were there)"
+                    ));
+                }
+            }
+            self.notes.push(note);
+            mark = 0;
+            candidate = None;
+        }
         let margin = self.margin_s;
         let (new_mark, new_candidate) =
             step(mark, candidate, max_id, now, margin, &mut |lo, hi| {
                 self.first_pending(lo, hi)
             })?;
-        if new_mark != mark {
+        if new_mark != stored {
             self.set_state(&mark_key, &new_mark.to_string())?;
+            // What the mark is kept against: the row at it as it is now.
+            match self.row_at(new_mark)? {
+                Some((id, sum, _)) if new_mark > 0 => {
+                    self.set_state(&row_key, &format!("{id} {sum}"))?
+                }
+                _ => self.delete_state(&row_key)?,
+            }
         }
         if new_candidate != candidate {
             match new_candidate {
@@ -398,13 +446,71 @@ impl Mysql {
             }
         }
         let last_scan = self.state_i64(&scan_key)?;
-        if last_scan.is_none_or(|t| now - t >= FULL_SCAN_EVERY_S || t > now) {
+        if mismatch.is_some() || last_scan.is_none_or(|t| now - t >= FULL_SCAN_EVERY_S || t > now) {
             self.set_state(&scan_key, &now.to_string())?;
             self.floor = 0;
         } else {
             self.floor = new_mark;
         }
         Ok(())
+    }
+
+    /// Whether the table still matches the mark (`Some(why)` when not, and
+    /// whether the failure records are of rows that are gone). Every row
+    /// at or below the mark is sent or quarantined, and the row at the mark
+    /// is the one that was there when the mark moved: a table emptied
+    /// (`TRUNCATE`), dropped and made again, or restored breaks one of
+    /// these at the row the mark stands on, whatever rows came since. Reads
+    /// one row, by the primary key; writes nothing.
+    fn mismatch(
+        &self,
+        mark: i64,
+        max_id: i64,
+        witness: Option<(i64, i64)>,
+    ) -> Result<Option<(String, bool)>> {
+        if max_id < mark {
+            return Ok(Some((
+                format!("its largest id is {max_id}: it was emptied or made again"),
+                true,
+            )));
+        }
+        Ok(match (self.row_at(mark)?, witness) {
+            (Some((id, sum, _)), Some((was, was_sum))) if id == was && sum != was_sum => Some((
+                format!(
+                    "row {id} is not the row it was when the mark moved there: the table was emptied, made again or restored"
+                ),
+                true,
+            )),
+            (Some((id, _, true)), _) => Some((
+                format!(
+                    "row {id}, at or below the mark, is unsent: the table was emptied or made again, or its bits were cleared"
+                ),
+                false,
+            )),
+            _ => None,
+        })
+    }
+
+    /// The last row at or below `id`: its id, a checksum of what it says
+    /// (its time, node, frame number, sensor and value) and whether it is
+    /// still to send for this mask.
+    fn row_at(&self, id: i64) -> Result<Option<(i64, i64, bool)>> {
+        let mask = self.mask;
+        let sql = format!(
+            "SELECT s.id, CRC32(CONCAT_WS(',', UNIX_TIMESTAMP(s.`timestamp`), s.frame_number, \
+               CRC32(s.id_wasp), CRC32(s.sensor), CRC32(s.`value`))), \
+               (COALESCE(s.sync, 0) & {mask}) = 0 AND f.row_id IS NULL \
+             FROM sensorParser s LEFT JOIN frameflush_failures f \
+               ON f.sync_mask = {mask} AND f.row_id = s.id AND f.quarantined_at IS NOT NULL \
+             WHERE s.id <= ? ORDER BY s.id DESC LIMIT 1"
+        );
+        let rows = self.exec_rows("read", &sql, (id,))?;
+        Ok(rows.first().and_then(|r| {
+            let id = r.as_ref(0).and_then(int)?;
+            let sum = r.as_ref(1).and_then(int).unwrap_or(0);
+            let unsent = r.as_ref(2).and_then(int).unwrap_or(0) != 0;
+            Some((id, sum, unsent))
+        }))
     }
 
     /// Lowers the mark below `id` (a requeued row must be selectable again).
@@ -421,10 +527,7 @@ impl Mysql {
     /// The marking statement of this mask, as a run sends it (for rows
     /// that do not exist).
     fn mark_probe(&self) -> String {
-        format!(
-            "UPDATE sensorParser SET sync = sync | {}, `timestamp` = `timestamp` WHERE id = 0",
-            self.mask
-        )
+        mark_sql(self.mask, "id = 0")
     }
 
     /// Whether the server lets this user run `sql`, asked by preparing it
@@ -620,11 +723,7 @@ impl Source for Mysql {
         sorted.dedup();
         let mut n = 0;
         for chunk in sorted.chunks(IDS_PER_STATEMENT) {
-            let sql = format!(
-                "UPDATE sensorParser SET sync = sync | {}, `timestamp` = `timestamp` WHERE {}",
-                self.mask,
-                id_condition(chunk)
-            );
+            let sql = mark_sql(self.mask, &id_condition(chunk));
             n += self.query_drop("mark rows in", &sql)? as usize;
         }
         Ok(n)
@@ -777,7 +876,7 @@ impl Source for Mysql {
         self.exec_drop(
             "write to",
             "DELETE f FROM frameflush_failures f LEFT JOIN sensorParser s
-               ON s.id = f.row_id AND (s.sync & ?) = 0
+               ON s.id = f.row_id AND (COALESCE(s.sync, 0) & ?) = 0
              WHERE f.sync_mask = ? AND s.id IS NULL",
             (mask, mask),
         )
@@ -841,6 +940,14 @@ impl Source for Mysql {
         self.count("SELECT COUNT(*) FROM sensorParser", ())
     }
 
+    fn null_sync(&self) -> Result<u64> {
+        self.count("SELECT COUNT(*) FROM sensorParser WHERE sync IS NULL", ())
+    }
+
+    fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
     fn oldest_unsent(&self) -> Result<(Option<String>, Option<i64>)> {
         let rows = self.exec_rows(
             "read",
@@ -860,14 +967,15 @@ impl Source for Mysql {
         if !self.own_tables {
             return Ok((0, 0));
         }
-        let q = self.count(
-            "SELECT COUNT(*) FROM frameflush_failures WHERE sync_mask = ? AND quarantined_at IS NOT NULL",
-            (self.mask,),
-        )?;
-        let f = self.count(
-            "SELECT COUNT(*) FROM frameflush_failures WHERE sync_mask = ? AND quarantined_at IS NULL",
-            (self.mask,),
-        )?;
+        let counted = |quarantined: &str| {
+            format!(
+                "SELECT COUNT(*) FROM frameflush_failures f JOIN sensorParser s ON s.id = f.row_id \
+                 WHERE f.sync_mask = ? AND f.quarantined_at IS {quarantined} \
+                   AND (COALESCE(s.sync, 0) & ?) = 0"
+            )
+        };
+        let q = self.count(&counted("NOT NULL"), (self.mask, self.mask))?;
+        let f = self.count(&counted("NULL"), (self.mask, self.mask))?;
         Ok((q, f))
     }
 
@@ -919,7 +1027,7 @@ impl Source for Mysql {
     fn row_counts(&self, require: i64) -> Result<(u64, u64)> {
         let total = self.count("SELECT COUNT(*) FROM sensorParser", ())?;
         let unsent = self.count(
-            "SELECT COUNT(*) FROM sensorParser WHERE (sync & ?) != ?",
+            "SELECT COUNT(*) FROM sensorParser WHERE (COALESCE(sync, 0) & ?) != ?",
             (require, require),
         )?;
         Ok((total, unsent))
@@ -1090,6 +1198,15 @@ pub fn step(
         candidate = (max_id > mark).then_some((max_id, now));
     }
     Ok((mark, candidate))
+}
+
+/// The one statement that marks rows sent for `mask`, those `condition`
+/// selects: a NULL `sync` becomes the mask; `timestamp = timestamp` keeps a
+/// column declared `ON UPDATE CURRENT_TIMESTAMP` as it was.
+pub fn mark_sql(mask: i64, condition: &str) -> String {
+    format!(
+        "UPDATE sensorParser SET sync = COALESCE(sync, 0) | {mask}, `timestamp` = `timestamp` WHERE {condition}"
+    )
 }
 
 /// `id BETWEEN a AND b OR … OR id IN (…)` for sorted, distinct ids.

@@ -6,10 +6,13 @@
 //! The contract with the producer (Meshlium's parser or any other process
 //! that inserts into `sensorParser`): a row is unsent for a destination
 //! while `sync & MASK = 0`; frameflush sets that bit (`sync = sync | MASK`)
-//! and touches nothing else of the producer's table. It adds a partial index
-//! per mask, `frameflush_unsent_MASK` on `id WHERE (sync & MASK) = 0`, so
-//! that finding unsent rows costs the same on ten million sent rows as on
-//! none; a table `frameflush_failures` of rows that could not become a
+//! and touches nothing else of the producer's table. A row whose `sync` is
+//! NULL has been sent nowhere: it reads as 0, and marking makes it `MASK`
+//! (`sync = coalesce(sync, 0) | MASK`). It adds a partial index per mask,
+//! `frameflush_unsent_MASK` on `id WHERE (coalesce(sync, 0) & MASK) = 0`
+//! (one from before NULL was read as 0, `WHERE (sync & MASK) = 0`, is
+//! replaced by the next run or `init`), so that finding unsent rows costs
+//! the same on ten million sent rows as on none; a table `frameflush_failures` of rows that could not become a
 //! message (per mask: attempts, last error, and once `--max-attempts` is
 //! reached the quarantine that later runs skip); a table `frameflush_runs`
 //! with the start and outcome of the last run that had something to send;
@@ -83,8 +86,14 @@ pub struct Sqlite {
     /// The run lock's file, and the lock once taken.
     lock_path: PathBuf,
     lock: Option<RunLock>,
-    /// The partial index of this mask exists: selections can use it.
+    /// The partial index of this mask exists, in its current form:
+    /// selections can use it.
     indexed: bool,
+    /// This mask's index exists in its form from before NULL was read as 0
+    /// (`WHERE (sync & MASK) = 0`): the next write replaces it.
+    old_index: bool,
+    /// For `-v`, taken by [`Source::take_notes`].
+    notes: Vec<String>,
     /// frameflush's own tables exist (`frameflush_failures` is consulted).
     own_tables: bool,
     /// `frameflush_state` exists.
@@ -102,6 +111,35 @@ fn lock_path(file: &Path, mask: i64) -> PathBuf {
 fn index_name(mask: i64) -> String {
     format!("frameflush_unsent_{mask}")
 }
+
+/// Whether this mask's index is there in its current form, and whether it
+/// is there in its old form (which does not hold rows whose sync is NULL).
+fn index_state(conn: &Connection, mask: i64) -> rusqlite::Result<(bool, bool)> {
+    let sql: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?1",
+            [index_name(mask)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(match sql {
+        None => (false, false),
+        Some(sql) if sql.to_ascii_lowercase().contains("coalesce(sync, 0)") => (true, false),
+        Some(_) => (false, true),
+    })
+}
+
+/// The condition of a row still to send (or quarantined) for `mask`, as the
+/// partial index states it: the planner uses the index only for a query
+/// that says the same.
+fn unsent_condition(mask: i64) -> String {
+    format!("(coalesce(sync, 0) & {mask}) = 0")
+}
+
+/// The one statement that marks rows sent (`?1` the mask, ids `?2..=?3`):
+/// a NULL `sync` becomes the mask.
+pub const MARK_SQL: &str =
+    "UPDATE sensorParser SET sync = coalesce(sync, 0) | ?1 WHERE id BETWEEN ?2 AND ?3";
 
 impl Sqlite {
     /// Opens an existing database and checks its table. A missing file or
@@ -183,6 +221,8 @@ impl Sqlite {
             lock_path: lock_path(file, target.sync_mask),
             lock: None,
             indexed: false,
+            old_index: false,
+            notes: Vec::new(),
             own_tables: false,
             state_table: false,
         };
@@ -207,9 +247,8 @@ impl Sqlite {
             }
             Ok(n)
         };
-        db.indexed = count_named("index", &[&index_name(db.mask)])
-            .map_err(|e| db.error("read the schema of", e))?
-            == 1;
+        (db.indexed, db.old_index) =
+            index_state(&db.conn, db.mask).map_err(|e| db.error("read the schema of", e))?;
         db.own_tables = count_named("table", &OWN_TABLE_NAMES)
             .map_err(|e| db.error("read the schema of", e))?
             == OWN_TABLE_NAMES.len();
@@ -266,7 +305,10 @@ impl Sqlite {
         } else {
             String::new()
         };
-        format!("FROM sensorParser {indexed_by} WHERE (sync & {mask}) = 0{quarantine}")
+        format!(
+            "FROM sensorParser {indexed_by} WHERE {}{quarantine}",
+            unsent_condition(mask)
+        )
     }
 
     /// Runs `work` in one IMMEDIATE transaction: a concurrent writer waits
@@ -313,18 +355,34 @@ impl Source for Sqlite {
         if self.indexed && self.own_tables && self.state_table {
             return Ok(());
         }
+        let index = index_name(self.mask);
+        // An index from before NULL was read as 0 is replaced in the same
+        // transaction (re-read under the write lock: another run may have
+        // replaced it meanwhile).
+        let drop_old = if self.old_index {
+            format!("DROP INDEX IF EXISTS {index};")
+        } else {
+            String::new()
+        };
         let sql = format!(
             "BEGIN IMMEDIATE;
-             CREATE INDEX IF NOT EXISTS {index} ON sensorParser(id) WHERE (sync & {mask}) = 0;
+             {drop_old}
+             CREATE INDEX IF NOT EXISTS {index} ON sensorParser(id) WHERE {};
              {OWN_TABLES}
              COMMIT;",
-            index = index_name(self.mask),
-            mask = self.mask
+            unsent_condition(self.mask)
         );
         if let Err(e) = self.conn.execute_batch(&sql) {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(self.error("add frameflush's index and tables to", e));
         }
+        if self.old_index {
+            self.notes.push(format!(
+                "replaced the index {index} of {} by one that also finds rows whose sync is NULL",
+                self.path
+            ));
+        }
+        self.old_index = false;
         self.indexed = true;
         self.own_tables = true;
         self.state_table = true;
@@ -382,9 +440,7 @@ impl Source for Sqlite {
         sorted.dedup();
         let mask = self.mask;
         self.write("mark rows in", |tx| {
-            let mut st = tx.prepare_cached(
-                "UPDATE sensorParser SET sync = sync | ?1 WHERE id BETWEEN ?2 AND ?3",
-            )?;
+            let mut st = tx.prepare_cached(MARK_SQL)?;
             let mut n = 0;
             let mut start = 0;
             for i in 1..=sorted.len() {
@@ -510,7 +566,7 @@ impl Source for Sqlite {
             )?;
             tx.execute(
                 "DELETE FROM frameflush_failures WHERE sync_mask = ?1 AND NOT EXISTS
-                   (SELECT 1 FROM sensorParser WHERE id = row_id AND (sync & ?1) = 0)",
+                   (SELECT 1 FROM sensorParser WHERE id = row_id AND (coalesce(sync, 0) & ?1) = 0)",
                 [mask],
             )
         })
@@ -526,15 +582,8 @@ impl Source for Sqlite {
     /// several masks).
     fn for_mask(&mut self, mask: i64) -> Result<()> {
         self.mask = mask;
-        self.indexed = self
-            .conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = ?1",
-                [index_name(mask)],
-                |r| r.get::<_, i64>(0),
-            )
-            .map_err(|e| self.error("read the schema of", e))?
-            == 1;
+        (self.indexed, self.old_index) =
+            index_state(&self.conn, mask).map_err(|e| self.error("read the schema of", e))?;
         Ok(())
     }
 
@@ -574,6 +623,24 @@ impl Source for Sqlite {
         self.count("SELECT count(*) FROM sensorParser")
     }
 
+    /// Rows whose `sync` is NULL, through this mask's index when there
+    /// (they are all in it).
+    fn null_sync(&self) -> Result<u64> {
+        let indexed_by = if self.indexed {
+            format!("INDEXED BY {}", index_name(self.mask))
+        } else {
+            String::new()
+        };
+        self.count(&format!(
+            "SELECT count(*) FROM sensorParser {indexed_by} WHERE {} AND sync IS NULL",
+            unsent_condition(self.mask)
+        ))
+    }
+
+    fn take_notes(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notes)
+    }
+
     /// The oldest timestamp among the rows still to send, and its age in
     /// seconds (when it parses as a date).
     fn oldest_unsent(&self) -> Result<(Option<String>, Option<i64>)> {
@@ -604,15 +671,18 @@ impl Source for Sqlite {
         if !self.own_tables {
             return Ok((0, 0));
         }
-        let q = format!(
-            "SELECT count(*) FROM frameflush_failures WHERE sync_mask = {} AND quarantined_at IS NOT NULL",
-            self.mask
-        );
-        let f = format!(
-            "SELECT count(*) FROM frameflush_failures WHERE sync_mask = {} AND quarantined_at IS NULL",
-            self.mask
-        );
-        Ok((self.count(&q)?, self.count(&f)?))
+        let counted = |quarantined: &str| {
+            format!(
+                "SELECT count(*) FROM frameflush_failures f JOIN sensorParser s ON s.id = f.row_id
+                 WHERE f.sync_mask = {mask} AND f.quarantined_at IS {quarantined}
+                   AND (coalesce(s.sync, 0) & {mask}) = 0",
+                mask = self.mask
+            )
+        };
+        Ok((
+            self.count(&counted("NOT NULL"))?,
+            self.count(&counted("NULL"))?,
+        ))
     }
 
     fn last_run(&self) -> Result<Option<LastRun>> {
@@ -677,7 +747,7 @@ impl Source for Sqlite {
     fn row_counts(&self, require: i64) -> Result<(u64, u64)> {
         let total = self.count("SELECT count(*) FROM sensorParser")?;
         let unsent = self.count(&format!(
-            "SELECT count(*) FROM sensorParser WHERE (sync & {require}) != {require}"
+            "SELECT count(*) FROM sensorParser WHERE (coalesce(sync, 0) & {require}) != {require}"
         ))?;
         Ok((total, unsent))
     }
@@ -827,6 +897,11 @@ impl Source for Sqlite {
             )),
             index: Some(if self.indexed {
                 Index::Present(index_name(self.mask))
+            } else if self.old_index {
+                Index::Missing(format!(
+                    "{} in its current form (the one there does not find rows whose sync is NULL; a run replaces it)",
+                    index_name(self.mask)
+                ))
             } else {
                 Index::Missing(index_name(self.mask))
             }),
