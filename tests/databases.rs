@@ -731,3 +731,189 @@ fn a_database_whose_write_lock_is_held_gives_75_before_anything_is_published_and
         );
     }
 }
+
+/// `(id, sync)` of every row, NULL as `None`.
+fn nullable_syncs(db: &Path) -> Vec<(i64, Option<i64>)> {
+    let c = Connection::open(db).unwrap();
+    let mut st = c
+        .prepare("SELECT id, sync FROM sensorParser ORDER BY id")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap()
+}
+
+/// A table whose `sync` allows NULL (an export, a hand-made table), 300
+/// rows of which every tenth has sync NULL, another destination's bit on
+/// some.
+fn nullable_table(env: &TestEnv) -> Connection {
+    let c = Connection::open(env.db()).unwrap();
+    c.execute_batch(
+        &util::SCHEMA.replace("sync         INTEGER NOT NULL DEFAULT 0", "sync INTEGER"),
+    )
+    .unwrap();
+    let mut c = c;
+    util::insert_rows(&mut c, 300, 0);
+    c.execute_batch(
+        "UPDATE sensorParser SET sync = NULL WHERE id % 10 = 0;
+         UPDATE sensorParser SET sync = 1 WHERE id % 7 = 0 AND sync IS NOT NULL;",
+    )
+    .unwrap();
+    c
+}
+
+#[test]
+fn rows_whose_sync_is_null_are_unsent_all_300_are_sent_marked_and_counted_through_the_index() {
+    let env = TestEnv::new("null-sync");
+    let _c = nullable_table(&env);
+    let nulls = nullable_syncs(&env.db())
+        .iter()
+        .filter(|(_, s)| s.is_none())
+        .count();
+    assert_eq!(nulls, 30);
+    let db = env.db_arg();
+    // Before any run: all 300 waiting, 30 of them NULL.
+    let j = env.run(&["status", "--db", &db, "--json"]).json();
+    let d = &j["destinations"][0];
+    assert_eq!(
+        (d["waiting"].as_u64(), d["null_sync"].as_u64()),
+        (Some(300), Some(30)),
+        "{j}"
+    );
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "sensors/#");
+    let url = broker.url();
+    // check says how many rows have sync NULL, and marks nothing.
+    let check = env.run(&["check", "--db", &db, "-L", &url]);
+    assert!(
+        check
+            .stdout
+            .lines()
+            .any(|l| l.contains("backlog: 300 unsent row(s)")
+                && l.contains("30 row(s) with sync NULL")),
+        "{}",
+        check.stdout
+    );
+    let _ = sub.wait_for(usize::MAX, Duration::from_millis(300));
+    let before_flush = sub.count();
+    let run = run_flush(&env, &env.db(), &url, true, &["-d"]);
+    run.expect_code(0);
+    assert!(
+        run.stderr.contains("USING INDEX frameflush_unsent_64"),
+        "{}",
+        run.stderr
+    );
+    let j: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(
+        (
+            j["selected"].as_u64(),
+            j["marked"].as_u64(),
+            j["unsent"].as_u64(),
+            j["backlog"].as_u64()
+        ),
+        (Some(300), Some(300), Some(0), Some(0)),
+        "{j}"
+    );
+    let got = sub.wait_for(before_flush + 300, LIMIT);
+    let ids: BTreeSet<i64> = got[before_flush..].iter().map(util::Received::id).collect();
+    assert_eq!(
+        ids,
+        (1..=300).collect::<BTreeSet<i64>>(),
+        "every row sent once"
+    );
+    // NULL became the mask; the other destination's bit kept.
+    for (id, sync) in nullable_syncs(&env.db()) {
+        let want = if id % 10 == 0 {
+            MASK
+        } else if id % 7 == 0 {
+            MASK | 1
+        } else {
+            MASK
+        };
+        assert_eq!(sync, Some(want), "row {id}");
+    }
+    let a = util::accounting::assert_accounted(&env, &env.db(), MASK);
+    assert_eq!((a.sent, a.total), (300, 300));
+    // For the other destination, the NULL rows are unsent too.
+    let other = util::accounting::assert_accounted(&env, &env.db(), 1);
+    assert_eq!(other.waiting, 300 - 300 / 7 + 300 / 70, "{other:?}");
+    // The idle run after reads nothing and connects nowhere.
+    let dead = format!("mqtt://127.0.0.1:{}", util::free_port());
+    run_flush(&env, &env.db(), &dead, false, &[]).expect_code(0);
+}
+
+#[test]
+fn an_index_from_before_null_was_unsent_is_replaced_by_the_next_run_and_the_planner_uses_the_new_one()
+ {
+    let env = TestEnv::new("old-index");
+    let c = nullable_table(&env);
+    // The index as versions before this one made it.
+    c.execute_batch("CREATE INDEX frameflush_unsent_64 ON sensorParser(id) WHERE (sync & 64) = 0")
+        .unwrap();
+    drop(c);
+    let db = env.db_arg();
+    // Read-only commands work on it (without the index) and count right.
+    let a = util::accounting::assert_accounted(&env, &env.db(), MASK);
+    assert_eq!(a.waiting, 300);
+    let broker = Broker::start(&env);
+    let url = broker.url();
+    let check = env.run(&["check", "--db", &db, "-L", &url]);
+    assert!(
+        check.stdout.lines().any(|l| l.starts_with("warn ")
+            && l.contains("index: frameflush_unsent_64 in its current form")
+            && l.contains("a run replaces it")),
+        "{}",
+        check.stdout
+    );
+    let sub = Subscriber::connect(broker.port, "sensors/#");
+    let run = run_flush(&env, &env.db(), &url, false, &["-v", "-d"]);
+    run.expect_code(0);
+    assert!(
+        run.stderr
+            .contains("replaced the index frameflush_unsent_64")
+            && run.stderr.contains("sync is NULL"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("USING INDEX frameflush_unsent_64"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(sub.wait_for(300, LIMIT).len(), 300);
+    let c = Connection::open(env.db()).unwrap();
+    let sql: String = c
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = 'frameflush_unsent_64'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(sql.contains("coalesce(sync, 0)"), "{sql}");
+    let indexes: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'frameflush%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 1, "the old index is gone, one in its place");
+    // The planner uses it for the count status makes, too.
+    let plan: Vec<String> = c
+        .prepare("EXPLAIN QUERY PLAN SELECT count(*) FROM sensorParser WHERE (coalesce(sync, 0) & 64) = 0")
+        .unwrap()
+        .query_map([], |r| r.get::<_, String>(3))
+        .unwrap()
+        .collect::<rusqlite::Result<_>>()
+        .unwrap();
+    assert!(plan.join(";").contains("frameflush_unsent_64"), "{plan:?}");
+    drop(c);
+    let a = util::accounting::assert_accounted(&env, &env.db(), MASK);
+    assert_eq!(a.sent, 300);
+    // A second run has nothing to replace and nothing to say about it.
+    let dead = format!("mqtt://127.0.0.1:{}", util::free_port());
+    let idle = run_flush(&env, &env.db(), &dead, false, &["-v"]);
+    idle.expect_code(0);
+    assert!(!idle.stderr.contains("replaced"), "{}", idle.stderr);
+}

@@ -951,3 +951,184 @@ fn a_user_without_update_on_sensor_parser_fails_check_on_writable_with_77_and_fl
     assert_eq!(db.marked_ids(64).len(), 5);
     admin.query_drop(format!("DROP USER {account}")).unwrap();
 }
+
+/// The table's ids start again under a mark of 500: emptied by `TRUNCATE`,
+/// or dropped and made again, then filled past the old mark (ids 1–800).
+/// The very next run sends all 800 (ids 1–500 too), says why with -v, and
+/// `status` accounts for every row; the run after sends nothing.
+fn ids_that_start_again(engine: &str, how: &str) {
+    let label = format!("restart_{engine}_{how}");
+    let env = TestEnv::new(&label);
+    let db = TestDb::new(&label);
+    let create = newer(engine);
+    let mut c = db.create(&create);
+    insert_rows(&mut c, 500, 0);
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "sensors/#");
+    let (url, burl) = (db.url(), broker.url());
+    let flush = |extra: &[&str]| {
+        let mut args = vec!["flush", "--db", &url, "-L", &burl];
+        args.extend(extra);
+        let run = mariadb::run(&env, &args);
+        run.expect_code(0);
+        run
+    };
+    flush(&[]);
+    assert_eq!(sub.wait_for(500, WAIT).len(), 500);
+    // The mark moves up to 500: at once on MyISAM, after the margin else.
+    flush(&[]);
+    if engine != "MyISAM" {
+        db.age_state(601);
+        flush(&[]);
+    }
+    assert_eq!(db.state("hwm:64").as_deref(), Some("500"), "{label}");
+    util::accounting::assert_accounted_mysql(&env, &db, 64);
+    match how {
+        "truncate" => c.query_drop("TRUNCATE TABLE sensorParser").unwrap(),
+        _ => {
+            c.query_drop("DROP TABLE sensorParser").unwrap();
+            c.query_drop(&create).unwrap();
+        }
+    }
+    insert_rows(&mut c, 800, 0);
+    let max: Option<i64> = c.query_first("SELECT MAX(id) FROM sensorParser").unwrap();
+    assert_eq!(max, Some(800));
+    let before = sub.count();
+    let run = flush(&["-v"]);
+    assert!(
+        run.stderr
+            .contains("no longer matches the high-water mark 500 of sync mask 64")
+            && run.stderr.contains("reading it again from id 0"),
+        "{label}: {}",
+        run.stderr
+    );
+    assert_eq!(
+        db.marked_ids(64),
+        (1..=800).collect(),
+        "{label}: all 800 in the next run"
+    );
+    let got = sub.wait_for(before + 800, WAIT);
+    let ids: Vec<i64> = got[before..].iter().map(util::Received::id).collect();
+    assert_eq!(
+        ids,
+        (1..=800).collect::<Vec<i64>>(),
+        "{label}: once each, in id order"
+    );
+    let a = util::accounting::assert_accounted_mysql(&env, &db, 64);
+    assert_eq!((a.sent, a.waiting, a.total), (800, 0, 800), "{label}");
+    // The run after: nothing to send, nothing to say about the table.
+    let idle = flush(&["-v"]);
+    assert!(
+        !idle.stderr.contains("no longer matches"),
+        "{}",
+        idle.stderr
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(sub.count(), before + 800, "{label}: nothing sent twice");
+}
+
+#[test]
+fn a_truncated_myisam_table_refilled_past_the_mark_has_every_new_row_sent_by_the_very_next_run() {
+    ids_that_start_again("MyISAM", "truncate");
+}
+
+#[test]
+fn a_truncated_innodb_table_refilled_past_the_mark_has_every_new_row_sent_by_the_very_next_run() {
+    ids_that_start_again("InnoDB", "truncate");
+}
+
+#[test]
+fn a_myisam_table_dropped_and_made_again_has_every_new_row_sent_by_the_very_next_run() {
+    ids_that_start_again("MyISAM", "drop");
+}
+
+#[test]
+fn an_innodb_table_dropped_and_made_again_has_every_new_row_sent_by_the_very_next_run() {
+    ids_that_start_again("InnoDB", "drop");
+}
+
+#[test]
+fn rows_whose_sync_is_null_are_unsent_all_300_are_sent_marked_and_counted_on_mysql() {
+    let env = TestEnv::new("my_null");
+    let db = TestDb::new("null");
+    let mut c = db.create(&MESHLIUM_313.replace(
+        "`sync` int(1) NOT NULL DEFAULT '0'",
+        "`sync` int(1) DEFAULT NULL",
+    ));
+    insert_rows(&mut c, 300, 0);
+    c.query_drop("UPDATE sensorParser SET sync = NULL WHERE id % 10 = 0")
+        .unwrap();
+    c.query_drop("UPDATE sensorParser SET sync = 1 WHERE id % 7 = 0 AND sync IS NOT NULL")
+        .unwrap();
+    let nulls: Option<i64> = c
+        .query_first("SELECT COUNT(*) FROM sensorParser WHERE sync IS NULL")
+        .unwrap();
+    assert_eq!(nulls, Some(30));
+    let (url, broker) = (db.url(), Broker::start(&env));
+    let burl = broker.url();
+    let s = mariadb::run(&env, &["status", "--db", &url, "--json"]).json();
+    let d = &s["destinations"][0];
+    assert_eq!(
+        (d["waiting"].as_u64(), d["null_sync"].as_u64()),
+        (Some(300), Some(30)),
+        "{s}"
+    );
+    let check = mariadb::run(&env, &["check", "--db", &url, "-L", &burl]);
+    expect_check_line(
+        &check,
+        "ok",
+        "backlog",
+        &["300 unsent row(s)", "30 row(s) with sync NULL"],
+    );
+    let sub = Subscriber::connect(broker.port, "sensors/#");
+    let run = mariadb::run(&env, &["flush", "--db", &url, "-L", &burl, "--json", "-d"]);
+    run.expect_code(0);
+    let j: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    assert_eq!(
+        (
+            j["selected"].as_u64(),
+            j["marked"].as_u64(),
+            j["unsent"].as_u64(),
+            j["backlog"].as_u64()
+        ),
+        (Some(300), Some(300), Some(0), Some(0)),
+        "{j}"
+    );
+    let ids: BTreeSet<i64> = sub
+        .wait_for(300, WAIT)
+        .iter()
+        .map(util::Received::id)
+        .collect();
+    assert_eq!(ids, (1..=300).collect());
+    let syncs: Vec<(i64, Option<i64>)> = c
+        .query("SELECT id, sync FROM sensorParser ORDER BY id")
+        .unwrap();
+    for (id, sync) in syncs {
+        let want = if id % 7 == 0 && id % 10 != 0 { 65 } else { 64 };
+        assert_eq!(
+            sync,
+            Some(want),
+            "row {id}: NULL became the mask, other bits kept"
+        );
+    }
+    let a = util::accounting::assert_accounted_mysql(&env, &db, 64);
+    assert_eq!((a.sent, a.total), (300, 300));
+    let other = util::accounting::assert_accounted_mysql(&env, &db, 1);
+    assert_eq!(other.waiting, 262, "{other:?}");
+    // The idle runs after (the one that moves the mark, then one on it)
+    // read a range of the primary key after the mark.
+    let dead = format!("mqtt://127.0.0.1:{}", util::free_port());
+    mariadb::run(&env, &["flush", "--db", &url, "-L", &dead]).expect_code(0);
+    let idle = mariadb::run(&env, &["flush", "--db", &url, "-L", &dead, "-d"]);
+    idle.expect_code(0);
+    let plan = idle
+        .stderr
+        .lines()
+        .find(|l| l.contains("query plan"))
+        .unwrap_or_default();
+    assert!(
+        plan.contains("from id 300") && plan.contains("s: type range, key PRIMARY"),
+        "{}",
+        idle.stderr
+    );
+}
