@@ -77,6 +77,7 @@ fn check_round(rig: &Rig<'_>, db: &Path, prefix: &str, rows: usize, figures: &mu
         falsely.is_empty(),
         "seed {seed}, {prefix}: rows marked but never received: {falsely:?}"
     );
+    util::accounting::assert_accounted(env, db, 64);
 
     // A clean rerun delivers the rest.
     let db_arg = db.display().to_string();
@@ -120,6 +121,7 @@ fn check_round(rig: &Rig<'_>, db: &Path, prefix: &str, rows: usize, figures: &mu
     figures.worst_duplicates = figures.worst_duplicates.max(dups);
     figures.total_duplicates += dups;
     figures.rounds += 1;
+    util::accounting::assert_accounted(env, db, 64);
 }
 
 #[test]
@@ -406,6 +408,7 @@ fn producer_with_back_to_back_runs(journal_mode: &str) {
         .collect();
     assert_eq!(got, all, "{journal_mode}: a row was lost");
     assert_eq!(marked_ids(&env.db(), 64), all);
+    util::accounting::assert_accounted(&env, &env.db(), 64);
     println!(
         "producer, {journal_mode}: {inserted} rows inserted during {runs} back-to-back runs, none lost, no lock failure"
     );
@@ -460,5 +463,6 @@ fn overlapping_runs_started_together_let_exactly_one_publish() {
         let got = wait_received(&sub, &prefix, &all);
         assert_eq!(got.len(), 30_000);
         assert!(got.values().all(|&n| n == 1), "a row was published twice");
+        util::accounting::assert_accounted(&env, &db, 64);
     }
 }

@@ -233,6 +233,7 @@ fn producer_with_back_to_back_runs(create: &str, label: &str, out_of_order: bool
         mark.is_some_and(|m| m.parse::<i64>().unwrap() > 0),
         "{label}: the high-water mark never moved"
     );
+    util::accounting::assert_accounted_mysql(&env, &db, 64);
 }
 
 #[test]
@@ -304,6 +305,7 @@ fn a_row_committed_below_the_mark_after_the_margin_is_found_by_the_hourly_full_s
         .map(util::Received::id)
         .collect::<BTreeSet<_>>();
     assert_eq!(ids, (1..=14).collect());
+    util::accounting::assert_accounted_mysql(&env, &db, 64);
 }
 
 #[test]
@@ -383,6 +385,7 @@ fn the_tool_killed_at_a_random_moment_marks_only_delivered_rows_and_duplicates_s
             rng.seed
         );
         assert_eq!(db.marked_ids(64), all);
+        util::accounting::assert_accounted_mysql(&env, &db, 64);
         let dups: usize = got.values().map(|n| n - 1).sum();
         assert!(
             dups <= inflight + batch,
@@ -444,6 +447,7 @@ fn the_broker_killed_mid_flush_gives_75_and_a_rerun_after_restart_delivers_every
         .collect();
     assert!(expected.is_subset(&received), "the rerun missed rows");
     assert_eq!(db.marked_ids(64).len(), rows);
+    util::accounting::assert_accounted_mysql(&env, &db, 64);
 }
 
 #[test]
@@ -497,6 +501,7 @@ fn a_link_cut_at_random_points_never_marks_an_undelivered_row_and_reruns_deliver
             rng.seed
         );
         assert_eq!(db.marked_ids(64), all);
+        util::accounting::assert_accounted_mysql(&env, &db, 64);
     }
 }
 
@@ -533,6 +538,7 @@ fn two_runs_started_together_let_exactly_one_publish_and_the_other_exits_75() {
     let got = wait_received(&sub, "o", &all);
     assert_eq!(got.len(), 30_000);
     assert!(got.values().all(|&n| n == 1), "a row was published twice");
+    util::accounting::assert_accounted_mysql(&env, &db, 64);
 }
 
 #[test]
@@ -602,6 +608,7 @@ fn a_wrong_database_password_gives_77_and_one_line_that_never_shows_it() {
     run.expect_code(64)
         .expect_one_error_line("FRAMEFLUSH_DB_PASSWORD");
     assert!(!run.stderr.contains(secret));
+    util::accounting::assert_accounted_mysql(&env, &db, 64);
 }
 
 #[test]

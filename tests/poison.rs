@@ -120,6 +120,7 @@ fn a_poison_row_is_retried_max_attempts_times_then_quarantined_listed_and_requeu
         env.run(&["failures", "--db", &db, "--json"]).json(),
         serde_json::json!([])
     );
+    util::accounting::assert_accounted(&env, &env.db(), 64);
 }
 
 #[test]
@@ -176,6 +177,7 @@ fn oversized_and_non_utf8_rows_are_quarantined_after_max_attempts_while_the_queu
     // requeue --all puts both back; they fail again (exit 65) until fixed.
     env.run(&["requeue", "--db", &db, "--all"]).expect_code(0);
     env.run(&args).expect_code(65);
+    util::accounting::assert_accounted(&env, &env.db(), 64);
 }
 
 #[test]
@@ -219,6 +221,7 @@ fn a_poison_row_in_every_chunk_never_stalls_a_large_backlog() {
         "{}",
         run.stderr
     );
+    util::accounting::assert_accounted(&env, &env.db(), 64);
 }
 
 #[test]

@@ -95,6 +95,7 @@ fn an_acl_refusal_under_mqtt_5_marks_none_of_the_denied_rows_and_delivers_every_
         assert_eq!(marked_ids(&env.db(), 64).len(), 3000);
         let late: BTreeSet<i64> = sub.wait_for(600, WAIT).iter().map(|m| m.id()).collect();
         assert_eq!(late, (1..=3000).filter(|&id| is_node_03(id)).collect());
+        util::accounting::assert_accounted(&env, &env.db(), 64);
     }
 }
 
@@ -132,6 +133,7 @@ fn refused_rows_are_quarantined_after_max_attempts_and_requeue_brings_them_back_
     env.run(&["requeue", "--db", &db, "--all"]).expect_code(0);
     env.run(&args).expect_code(0);
     assert_eq!(marked_ids(&env.db(), 64).len(), 50);
+    util::accounting::assert_accounted(&env, &env.db(), 64);
 }
 
 /// Makes row `id`'s value `bytes` long.
@@ -236,6 +238,7 @@ fn under_mqtt_3_1_1_a_row_the_broker_resets_the_connection_on_is_isolated_and_qu
     assert!(!received.contains(&1500));
     // Quarantined: the next run sends nothing of it and exits 0.
     env.run(&args).expect_code(0);
+    util::accounting::assert_accounted(&env, &env.db(), 64);
 }
 
 #[test]
