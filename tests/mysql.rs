@@ -1139,3 +1139,54 @@ fn rows_whose_sync_is_null_are_unsent_all_300_are_sent_marked_and_counted_on_mys
         idle.stderr
     );
 }
+
+#[test]
+fn a_table_made_again_under_a_mark_that_stands_on_a_quarantined_row_is_caught_by_that_row_s_checksum()
+ {
+    let env = TestEnv::new("my_restart_q");
+    let db = TestDb::new("restart_q");
+    let mut c = db.create(MESHLIUM_313);
+    insert_rows(&mut c, 10, 0);
+    c.query_drop("UPDATE sensorParser SET value = NULL WHERE id = 10")
+        .unwrap();
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let (url, burl) = (db.url(), broker.url());
+    let flush = [
+        "flush",
+        "--db",
+        &url,
+        "-L",
+        &burl,
+        "--payload",
+        "value",
+        "--max-attempts",
+        "1",
+        "-v",
+    ];
+    // Row 10 cannot become a message: quarantined at once; the next run
+    // moves the mark onto it (MyISAM: no margin).
+    mariadb::run(&env, &flush).expect_code(65);
+    mariadb::run(&env, &flush).expect_code(0);
+    assert_eq!(db.state("hwm:64").as_deref(), Some("10"));
+    let a = util::accounting::assert_accounted_mysql(&env, &db, 64);
+    assert_eq!((a.sent, a.quarantined), (9, 1));
+    // A firmware update makes the table again; the producer fills it.
+    c.query_drop("DROP TABLE sensorParser").unwrap();
+    c.query_drop(MESHLIUM_313).unwrap();
+    insert_rows(&mut c, 20, 0);
+    let before = sub.count();
+    let run = mariadb::run(&env, &flush);
+    run.expect_code(0);
+    assert!(
+        run.stderr
+            .contains("row 10 is not the row it was when the mark moved there")
+            && run.stderr.contains("forgetting the 1 failure record(s)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(db.marked_ids(64), (1..=20).collect(), "the new row 10 too");
+    assert_eq!(sub.wait_for(before + 20, WAIT).len(), before + 20);
+    let a = util::accounting::assert_accounted_mysql(&env, &db, 64);
+    assert_eq!((a.sent, a.quarantined, a.total), (20, 0, 20));
+}
