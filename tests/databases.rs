@@ -917,3 +917,31 @@ fn an_index_from_before_null_was_unsent_is_replaced_by_the_next_run_and_the_plan
     idle.expect_code(0);
     assert!(!idle.stderr.contains("replaced"), "{}", idle.stderr);
 }
+
+#[test]
+fn a_table_dropped_and_made_again_with_ids_from_1_has_every_new_row_sent_by_the_next_run() {
+    // SQLite keeps no high-water mark: every run finds its rows through the
+    // partial index from id 0, so ids that start again are found at once.
+    let env = TestEnv::new("sqlite-restart");
+    env.seed(500);
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "sensors/#");
+    let url = broker.url();
+    run_flush(&env, &env.db(), &url, false, &[]).expect_code(0);
+    assert_eq!(sub.wait_for(500, LIMIT).len(), 500);
+    let mut c = Connection::open(env.db()).unwrap();
+    c.execute_batch("DROP TABLE sensorParser").unwrap();
+    c.execute_batch(util::SCHEMA).unwrap();
+    util::insert_rows(&mut c, 800, 0);
+    drop(c);
+    run_flush(&env, &env.db(), &url, false, &[]).expect_code(0);
+    let got = sub.wait_for(1300, LIMIT);
+    let ids: Vec<i64> = got[500..].iter().map(util::Received::id).collect();
+    assert_eq!(
+        ids,
+        (1..=800).collect::<Vec<i64>>(),
+        "once each, in id order"
+    );
+    let a = util::accounting::assert_accounted(&env, &env.db(), MASK);
+    assert_eq!((a.sent, a.total), (800, 800));
+}
