@@ -635,11 +635,41 @@ fn an_idle_run_on_a_million_marked_rows_reads_a_range_of_the_primary_key_not_the
     // The first run sets the mark (MyISAM: no margin) and scans once.
     mariadb::run(&env, &["flush", "--db", &url, "-L", &dead]).expect_code(0);
     assert_eq!(db.state("hwm:64").as_deref(), Some("1024000"));
-    // An idle run: nothing to send, a few rows read, no table scan.
+    // An idle run: nothing to send, a few rows read, no table scan, nothing
+    // written (the mark and the row it is kept against stay as they were).
+    let own_state = || -> Vec<(Vec<u8>, Vec<u8>, Option<String>)> {
+        db.conn()
+            .query("SELECT `key`, value, CAST(updated_at AS CHAR) FROM frameflush_state ORDER BY `key`")
+            .unwrap()
+    };
+    let state_before = own_state();
+    assert!(
+        state_before.iter().any(|(k, _, _)| k == b"hwm-row:64"),
+        "the mark is kept against its row"
+    );
+    let writes = || -> u64 {
+        let rows: Vec<(String, String)> = server
+            .admin()
+            .query(
+                "SHOW GLOBAL STATUS WHERE Variable_name IN \
+                 ('Com_insert', 'Com_update', 'Com_delete', 'Com_replace', 'Com_insert_select', 'Com_update_multi', 'Com_delete_multi')",
+            )
+            .unwrap();
+        rows.iter()
+            .map(|(_, v)| v.parse::<u64>().unwrap_or(0))
+            .sum()
+    };
+    let writes_before = writes();
     let before = mariadb::rows_read(&server);
     let run = mariadb::run(&env, &["flush", "--db", &url, "-L", &dead, "-d"]);
     let read = mariadb::rows_read(&server) - before;
     run.expect_code(0);
+    assert_eq!(own_state(), state_before, "the idle run wrote nothing");
+    assert_eq!(
+        writes() - writes_before,
+        0,
+        "the idle run ran no write statement"
+    );
     let plan = run
         .stderr
         .lines()
