@@ -364,9 +364,30 @@ impl Source for Sqlite {
         } else {
             String::new()
         };
+        // The index gone while frameflush's tables are there: the table was
+        // dropped (with its index) and made again, and its ids may start
+        // again. The failure records of this mask name rows that are gone;
+        // kept, they would quarantine the new rows that got those ids.
+        let stale = if !self.indexed && !self.old_index && self.own_tables {
+            self.count(&format!(
+                "SELECT count(*) FROM frameflush_failures WHERE sync_mask = {}",
+                self.mask
+            ))?
+        } else {
+            0
+        };
+        let forget = if stale > 0 {
+            format!(
+                "DELETE FROM frameflush_failures WHERE sync_mask = {};",
+                self.mask
+            )
+        } else {
+            String::new()
+        };
         let sql = format!(
             "BEGIN IMMEDIATE;
              {drop_old}
+             {forget}
              CREATE INDEX IF NOT EXISTS {index} ON sensorParser(id) WHERE {};
              {OWN_TABLES}
              COMMIT;",
@@ -380,6 +401,12 @@ impl Source for Sqlite {
             self.notes.push(format!(
                 "replaced the index {index} of {} by one that also finds rows whose sync is NULL",
                 self.path
+            ));
+        }
+        if stale > 0 {
+            self.notes.push(format!(
+                "the index {index} of {} was gone (the table dropped and made again?): made it again, and forgot the {stale} failure record(s) of sync mask {} (they named rows that are gone)",
+                self.path, self.mask
             ));
         }
         self.old_index = false;
