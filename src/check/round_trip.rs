@@ -553,13 +553,7 @@ impl Trip<'_> {
                         Verdict::Refused(exit) => exit,
                         Verdict::Stop | Verdict::Accepted => Exit::TempFail,
                     };
-                    let hint = match code {
-                        0x87 => ": its ACL does not let this user publish there",
-                        0x90 => {
-                            ": the broker does not take the topic: its ACL refuses it (ejabberd answers so for a topic its mod_mqtt access_publish denies), or the --topic template makes a name it rejects"
-                        }
-                        _ => "",
-                    };
+                    let hint = reason::refusal_hint(*code);
                     (
                         exit,
                         format!(
