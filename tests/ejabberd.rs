@@ -165,7 +165,7 @@ fn a_topic_the_acl_refuses_gets_0x90_exit_77_and_a_line_pointing_at_access_publi
         .find(|l| l.starts_with("FAIL round-trip:"))
         .unwrap_or_else(|| panic!("{run:#?}"));
     assert!(
-        fail.contains("all under check/node_03/")
+        fail.contains("refused: check/node_03/… (")
             && fail.contains("0x90")
             && fail.contains("access_publish"),
         "{fail}"

@@ -752,10 +752,12 @@ impl Trip<'_> {
             receive_max.is_some_and(|rm| usize::from(rm) <= usize::from(cfg.inflight));
         let raise = match (cfg.group, broker_caps) {
             (Group::Row, true) => format!(
-                "`--group frame` ({per_frame:.1} readings per message in the next rows) or a larger Receive Maximum on the broker (mosquitto: max_inflight_messages) raises it"
+                "`--group frame` ({}) or a larger Receive Maximum on the broker (mosquitto: max_inflight_messages) raises it",
+                frames(per_frame)
             ),
             (Group::Row, false) => format!(
-                "`--group frame` ({per_frame:.1} readings per message in the next rows) or a larger --inflight raises it"
+                "`--group frame` ({}) or a larger --inflight raises it",
+                frames(per_frame)
             ),
             (Group::Frame, true) => {
                 "a larger Receive Maximum on the broker (mosquitto: max_inflight_messages) raises it".to_string()
@@ -783,38 +785,36 @@ impl Trip<'_> {
     }
 }
 
-/// "a/1, a/2, … (7 topics)", or with a shared prefix "all under a/: a/1,
-/// a/2, …".
+/// "a/x/1", or "a/x/… (7 topics: a/x/1, a/x/2, …)" with the prefix
+/// the topics share, or "(a/1, b/2)" when they share none.
 fn name_topics<'a>(all: impl Iterator<Item = &'a String>, list: &[usize]) -> String {
     let all: Vec<&String> = all.collect();
     let picked: Vec<&str> = list.iter().map(|&i| all[i].as_str()).collect();
-    let mut text: Vec<&str> = picked.iter().take(NAMED).copied().collect();
-    let more = picked.len().saturating_sub(NAMED);
-    let mut s = String::new();
-    if picked.len() > 1 {
-        let first = picked[0];
-        let mut common = first.len();
-        for p in &picked[1..] {
-            common = common.min(
-                first
-                    .bytes()
-                    .zip(p.bytes())
-                    .take_while(|(a, b)| a == b)
-                    .count(),
-            );
-        }
-        if let Some(slash) = first[..common].rfind('/') {
-            s.push_str(&format!("all under {}… ", &first[..=slash]));
-        }
+    let [first, rest @ ..] = picked.as_slice() else {
+        return String::new();
+    };
+    if rest.is_empty() {
+        return first.to_string();
     }
-    if more > 0 {
-        text.push("…");
+    let mut common = first.len();
+    for p in rest {
+        common = common.min(
+            first
+                .bytes()
+                .zip(p.bytes())
+                .take_while(|(a, b)| a == b)
+                .count(),
+        );
     }
-    s.push_str(&text.join(", "));
-    if more > 0 {
-        s.push_str(&format!(" ({} topics)", picked.len()));
+    let mut names: Vec<&str> = picked.iter().take(NAMED).copied().collect();
+    if picked.len() > NAMED {
+        names.push("…");
     }
-    s
+    let names = names.join(", ");
+    match first[..common].rfind('/') {
+        Some(slash) => format!("{}… ({} topics: {names})", &first[..=slash], picked.len()),
+        None => format!("{} topics ({names})", picked.len()),
+    }
 }
 
 /// The rows of the messages listed: "rows 4, 9, 14" or "row 4".
@@ -832,6 +832,15 @@ fn rows_of(topics: &[Topic], list: &[usize]) -> String {
         ));
     }
     s
+}
+
+/// What `--group frame` would carry per message, in the next rows.
+fn frames(per_frame: f64) -> String {
+    if per_frame > 1.05 {
+        format!("{per_frame:.1} readings per message in the next rows")
+    } else {
+        "the next rows' frames hold one reading each: it would not help here".to_string()
+    }
 }
 
 /// Whether the broker closed the publishing connection after its last
@@ -861,10 +870,12 @@ mod tests {
         let list: Vec<usize> = (0..8).collect();
         let s = name_topics(all.iter(), &list);
         assert!(
-            s.starts_with("all under sensors/node_03/… sensors/node_03/S0"),
+            s.starts_with("sensors/node_03/… (8 topics: sensors/node_03/S0, "),
             "{s}"
         );
-        assert!(s.ends_with("… (8 topics)"), "{s}");
+        assert!(s.ends_with("sensors/node_03/S4, …)"), "{s}");
+        let other = ["a/1".to_string(), "b/2".to_string()];
+        assert_eq!(name_topics(other.iter(), &[0, 1]), "2 topics (a/1, b/2)");
         assert_eq!(name_topics(all.iter(), &[2]), "sensors/node_03/S2");
     }
 }
