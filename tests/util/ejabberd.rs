@@ -82,6 +82,10 @@ impl Ejabberd {
     /// A node of the caller's own.
     pub fn start() -> Ejabberd {
         let ctl = ejabberdctl();
+        assert!(
+            super::euid() == 0,
+            "ejabberd's test node needs root: ejabberdctl runs only as root or as the ejabberd user (run the suite as root, as scripts/test does in CI)"
+        );
         let mut last = String::new();
         for attempt in 0..3 {
             let dir = std::env::temp_dir().join(format!(
