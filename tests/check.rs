@@ -889,3 +889,38 @@ fn the_ceiling_of_a_default_mosquitto_is_its_receive_maximum_of_20_per_round_tri
     expect_line(&run, "ok", "round-trip", &["a run cannot see a refusal"]);
     expect_line(&run, "ok", "limits", &["invisible to a run"]);
 }
+
+#[test]
+fn a_broker_that_never_acknowledges_fails_the_round_trip_with_75_within_the_bound_it_states() {
+    let env = TestEnv::new("check-ackless");
+    seeded(&env, 20);
+    // Accepts one connection at a time and never sends a PUBACK.
+    let fake = util::AcklessBroker::start();
+    let url = format!("mqtt://127.0.0.1:{}", fake.port);
+    let db = env.db_arg();
+    let mut a = args(&db, &url, "311");
+    a.extend(["--ack-timeout", "1", "--connect-timeout", "2"]);
+    let run = check(&env, &a, None);
+    run.expect_code(75)
+        .expect_one_error_line("no PUBACK within --ack-timeout 1 s");
+    expect_line(&run, "ok", "topics", &["20 topic(s)", "3 s in all at most"]);
+    expect_line(
+        &run,
+        "FAIL",
+        "round-trip",
+        &["1 unanswered: sensors/node_00/TC"],
+    );
+    expect_line(
+        &run,
+        "warn",
+        "round-trip",
+        &["19 other topic(s) not checked"],
+    );
+    // The round trip's bound (3 s), the subscriber's connection attempt
+    // (2 s) and the rest of the check, with a margin for a loaded machine.
+    assert!(run.elapsed < Duration::from_secs(15), "{:?}", run.elapsed);
+    println!(
+        "check against a broker that never acknowledges: {:?}",
+        run.elapsed
+    );
+}

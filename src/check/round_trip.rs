@@ -112,8 +112,6 @@ pub fn run(
 ) -> Option<Session> {
     let protocol = publisher.protocol();
     let wait = cfg.ack_timeout;
-    let started = Instant::now();
-    let deadline = started + bound(cfg, samples.len());
     let options = Options {
         broker: sub_broker,
         inflight: (BATCH + 14) as u16,
@@ -135,6 +133,10 @@ pub fn run(
             None
         }
     };
+    // The bound starts once the subscriber's connection is made (or not:
+    // that is bounded by --connect-timeout).
+    let started = Instant::now();
+    let deadline = started + bound(cfg, samples.len());
     let mut t = Trip {
         cfg,
         pub_broker,
@@ -366,6 +368,24 @@ impl Trip<'_> {
                 taken = Instant::now();
             }
             idle = false;
+            let oldest = in_flight
+                .iter()
+                .filter_map(|&i| match self.topics[i].outcome {
+                    Outcome::Sent(at) => Some((at, i)),
+                    _ => None,
+                })
+                .min();
+            if let Some((at, i)) = oldest
+                && at.elapsed() >= self.cfg.ack_timeout
+            {
+                // A run would stop here: so does the check.
+                self.topics[i].outcome = Outcome::TimedOut;
+                for j in in_flight.into_iter().filter(|&j| j != i) {
+                    self.topics[j].outcome = Outcome::Unchecked;
+                }
+                self.stopped = Some("a PUBACK did not come".to_string());
+                return;
+            }
             if self.stopped.is_some() || Instant::now() >= self.deadline {
                 self.stopped
                     .get_or_insert_with(|| "out of time".to_string());
@@ -401,25 +421,6 @@ impl Trip<'_> {
                 }
             }
             if in_flight.is_empty() && queue.is_empty() {
-                return;
-            }
-            let oldest = in_flight
-                .iter()
-                .filter_map(|&i| match self.topics[i].outcome {
-                    Outcome::Sent(at) => Some(at),
-                    _ => None,
-                })
-                .min();
-            if let Some(at) = oldest
-                && at.elapsed() >= self.cfg.ack_timeout
-            {
-                // A run would stop here: so does the check.
-                let i = in_flight.remove(0);
-                self.topics[i].outcome = Outcome::TimedOut;
-                for j in in_flight {
-                    self.topics[j].outcome = Outcome::Unchecked;
-                }
-                self.stopped = Some("a PUBACK did not come".to_string());
                 return;
             }
             match p.poll(Duration::from_millis(20)) {
