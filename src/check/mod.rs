@@ -880,7 +880,7 @@ impl Check<'_> {
         let wait = cfg.ack_timeout.as_secs_f64();
         let bound = round_trip::bound(cfg, samples.len());
         let text = format!(
-            "{} topic(s) in {how_far}; the round trip sends the next message of each ({} batch(es) of at most {} topics on one subscriber connection, each wait at most --ack-timeout {wait} s, {} s in all at most)",
+            "{} topic(s) in {how_far}; the round trip sends the next message of each ({} batch(es) of at most {} topics on one subscriber connection, each wait at most --ack-timeout {wait} s, {} s in all at most, and --connect-timeout for each connection it makes)",
             samples.len(),
             batches,
             round_trip::BATCH,
