@@ -924,3 +924,64 @@ fn a_broker_that_never_acknowledges_fails_the_round_trip_with_75_within_the_boun
         run.elapsed
     );
 }
+
+#[test]
+fn the_ceiling_counts_readings_per_message_and_what_group_frame_would_carry() {
+    let env = TestEnv::new("check-ceiling-frames");
+    // Waspmote frames of six readings: one node, one frame number, one
+    // timestamp, six sensors.
+    let c = env.create_db();
+    for frame in 0..10 {
+        for sensor in ["TC", "HUM", "PRES", "BAT", "CO2", "NO2"] {
+            c.execute(
+                "INSERT INTO sensorParser (id_wasp, id_secret, frame_type, frame_number, sensor, value, timestamp)
+                 VALUES (?1, '400577471', 128, ?2, ?3, '1.5', ?4)",
+                rusqlite::params![
+                    format!("node_{:02}", frame % 2),
+                    frame,
+                    sensor,
+                    format!("2026-11-24 10:{frame:02}:00")
+                ],
+            )
+            .unwrap();
+        }
+    }
+    drop(c);
+    env.run(&["init", "--db", &env.db_arg()]).expect_code(0);
+    let broker = Broker::start(&env);
+    let (db, url) = (env.db_arg(), broker.url());
+    let run = check(&env, &args(&db, &url, "5"), None);
+    run.expect_code(0);
+    expect_line(
+        &run,
+        "ok",
+        "ceiling",
+        &[
+            "(1.0 per message)",
+            "`--group frame` (6.0 readings per message in the next rows)",
+        ],
+    );
+    let mut a = args(&db, &url, "5");
+    a.extend(["--group", "frame", "--json"]);
+    let v = check(&env, &a, None).json();
+    let ceiling = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ceiling")
+        .unwrap()
+        .clone();
+    let f = &ceiling["figures"];
+    assert_eq!(f["readings_per_message"], 6.0, "{ceiling}");
+    let (m, r) = (
+        f["messages_per_s"].as_f64().unwrap(),
+        f["readings_per_s"].as_f64().unwrap(),
+    );
+    assert!((r - 6.0 * m).abs() < 1e-6 * r, "{ceiling}");
+    assert!(
+        ceiling["text"].as_str().unwrap().contains(
+            "a larger Receive Maximum on the broker (mosquitto: max_inflight_messages) raises it"
+        ),
+        "{ceiling}"
+    );
+}
