@@ -6,10 +6,12 @@
 //! backlog, and for MySQL the high-water mark with a full scan below it)
 //! and the run lock; the broker (DNS, TCP, TLS and the broker's
 //! certificate, CONNACK, the MQTT 5 limits); the messages the next run
-//! would send; a round trip that publishes the real next message of a few
-//! distinct topics and waits for it to come back through a subscription on
-//! a second connection (the one proof, under MQTT 3.1.1, that the broker
-//! routes what it acknowledges); and the timer. A failure that makes later
+//! would send; the topics of the whole backlog (within [`MAX_TOPICS`] and
+//! [`MAX_SCAN_ROWS`]); a round trip that publishes the real next message of
+//! each of those topics and waits for it to come back through a
+//! subscription on a second connection (the one proof, under MQTT 3.1.1,
+//! that the broker routes what it acknowledges), and the ceiling of a
+//! run's rate it implies; and the timer. A failure that makes later
 //! steps meaningless turns them into `skip` lines. The exit status is what
 //! `flush` would give for the first failure (see [`Report::finish`]).
 //!
