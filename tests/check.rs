@@ -120,29 +120,44 @@ fn all_ok_exits_0_publishes_the_next_messages_once_and_leaves_every_sync_value_a
         expect_line(&run, "ok", "backlog", &["20 unsent row(s)"]);
         expect_line(&run, "ok", "index", &["frameflush_unsent_64 is there"]);
         expect_line(&run, "ok", "templates", &["20 message(s) on 20 topic(s)"]);
-        let trips = lines(&run, "ok", "round-trip");
-        assert_eq!(trips.len(), 3, "{}", run.stdout);
-        for (topic, trip) in [
+        expect_line(
+            &run,
+            "ok",
+            "topics",
+            &["20 topic(s) in the 20 unsent row(s)"],
+        );
+        for topic in [
             "sensors/node_00/TC",
             "sensors/node_01/HUM",
             "sensors/node_02/PRES",
-        ]
-        .iter()
-        .zip(&trips)
-        {
-            assert!(
-                trip.contains(topic) && trip.contains("delivered back through the subscription"),
-                "{trip}"
+        ] {
+            expect_line(
+                &run,
+                "ok",
+                "round-trip",
+                &[topic, "delivered back through the subscription"],
             );
         }
+        expect_line(
+            &run,
+            "ok",
+            "round-trip",
+            &[
+                "20 of 20 topic(s) checked, none refused",
+                "20 delivered back",
+            ],
+        );
         expect_line(&run, "ok", "duplicates", &["1 duplicate per topic checked"]);
-        // The real next messages went out, once each, and nothing changed.
-        let got: Vec<i64> = sub
-            .wait_for(3, Duration::from_secs(10))
+        expect_line(&run, "ok", "ceiling", &["messages/s", "readings/s"]);
+        // The real next message of every topic went out, once each, and
+        // nothing changed.
+        let mut got: Vec<i64> = sub
+            .wait_for(20, Duration::from_secs(10))
             .iter()
             .map(|m| m.id())
             .collect();
-        assert_eq!(got, [1, 2, 3], "{version}");
+        got.sort_unstable();
+        assert_eq!(got, (1..=20).collect::<Vec<i64>>(), "{version}");
         assert_eq!(sync_bits(&env.db()), before);
         assert!(
             std::fs::read(env.db()).unwrap() == bytes,
@@ -191,18 +206,39 @@ fn an_acl_that_denies_the_next_rows_topic_fails_naming_it_by_the_reason_code_und
             // mosquitto acknowledges and closes the connection: when the
             // PUBACK is lost with the connection, a flush would charge the
             // message (65); when it comes through, the topic is refused (77).
-            _ => (&[65, 77], "closed the connection"),
+            _ => (&[65, 77], ""),
         };
         assert!(
             codes.iter().any(|&c| run.code == Some(c)),
             "{version}/{queued}: {run:#?}"
         );
+        // With max_queued_messages 0 the broker closes the connection on
+        // each refused topic, and whether its PUBACK gets through first
+        // varies: the topic is named as refused either way.
+        let why = if queued == 0 { "" } else { why };
         expect_line(&run, "FAIL", "round-trip", &["sensors/node_00/TC", why]);
-        run.expect_one_error_line("sensors/node_00/TC");
-        // The other topics went through; only they are duplicates.
+        if queued == 0 {
+            expect_line(&run, "FAIL", "round-trip", &["closed the connection"]);
+        }
+        run.expect_one_error_line(if queued == 0 {
+            "topic(s) checked"
+        } else {
+            "sensors/node_00/TC"
+        });
+        // The allowed topics went through; only they are duplicates (the
+        // 4 topics each of node_01 and node_02; node_03 and node_04 are
+        // refused too, as the ACL file lists neither).
         expect_line(&run, "ok", "round-trip", &["sensors/node_01/HUM"]);
         expect_line(&run, "ok", "round-trip", &["sensors/node_02/PRES"]);
-        expect_line(&run, "ok", "duplicates", &["the 2 message(s)"]);
+        if queued != 0 {
+            expect_line(&run, "ok", "duplicates", &["the 8 message(s)"]);
+            expect_line(
+                &run,
+                "FAIL",
+                "round-trip",
+                &["20 of 20 topic(s) checked, 12 "],
+            );
+        }
         assert!(std::fs::read(env.db()).unwrap() == bytes);
     }
 }
@@ -468,7 +504,8 @@ fn a_broker_certificate_expiring_in_10_days_warns_and_mutual_tls_shows_the_clien
         &["client certificate", "client-pkcs8.pem", "(365 days)"],
     );
     // Everything else over TLS is fine: the round trip went through.
-    assert_eq!(lines(&run, "ok", "round-trip").len(), 3, "{}", run.stdout);
+    assert_eq!(lines(&run, "ok", "round-trip").len(), 4, "{}", run.stdout);
+    expect_line(&run, "ok", "round-trip", &["none refused"]);
     assert!(std::fs::read(env.db()).unwrap() == bytes);
 }
 
@@ -584,8 +621,14 @@ fn a_row_over_the_brokers_maximum_packet_size_is_named_and_the_other_topics_stil
         &["Maximum Packet Size 2000 bytes", "--max-payload"],
     );
     let trips = lines(&run, "ok", "round-trip");
-    assert_eq!(trips.len(), 3, "{}", run.stdout);
+    assert_eq!(trips.len(), 4, "{}", run.stdout);
     assert!(trips.iter().all(|t| !t.contains("row 2,")), "{trips:?}");
+    expect_line(
+        &run,
+        "ok",
+        "round-trip",
+        &["19 of 19 topic(s) checked, none refused"],
+    );
     assert!(!broker.log().contains("oversize"), "{}", broker.log());
 }
 
@@ -619,8 +662,10 @@ fn json_prints_one_valid_object_with_every_step_and_the_exit_status() {
         "limits",
         "templates",
         "message",
+        "topics",
         "round-trip",
         "duplicates",
+        "ceiling",
         "timer",
         "last-run",
     ] {
@@ -685,4 +730,258 @@ fn the_man_page_and_the_readme_document_check_with_a_sample_output() {
         );
         assert!(man.contains(step), "the man page has no sample {step} line");
     }
+}
+
+/// A fresh table whose oldest 50 rows belong to node_00 and node_01 only,
+/// followed by 200 rows of five nodes on 24 sensors each (120 topics, 24
+/// of them node_03's): the first chunk a run reads (`--batch 50`) has
+/// nothing of node_03.
+fn node_backlog(env: &TestEnv) {
+    let mut c = env.create_db();
+    let tx = c.transaction().unwrap();
+    {
+        let mut st = tx
+            .prepare(
+                "INSERT INTO sensorParser (id_wasp, id_secret, frame_type, frame_number, sensor, value, timestamp)
+                 VALUES (?1, '400577471', 134, ?2, ?3, '21.5', '2026-11-24 10:00:00')",
+            )
+            .unwrap();
+        for i in 0..50 {
+            st.execute(rusqlite::params![
+                format!("node_{:02}", i % 2),
+                i,
+                format!("S{:02}", (i / 2) % 24)
+            ])
+            .unwrap();
+        }
+        for j in 0..200 {
+            st.execute(rusqlite::params![
+                format!("node_{:02}", j % 5),
+                j,
+                format!("S{:02}", (j / 5) % 24)
+            ])
+            .unwrap();
+        }
+    }
+    tx.commit().unwrap();
+    drop(c);
+    env.run(&["init", "--db", &env.db_arg()]).expect_code(0);
+}
+
+#[test]
+fn a_node_the_acl_refuses_anywhere_in_the_backlog_fails_naming_it_under_mqtt_5_and_3_1_1() {
+    for version in ["5", "311"] {
+        let env = TestEnv::new("check-node03");
+        node_backlog(&env);
+        let bytes = std::fs::read(env.db()).unwrap();
+        let acl = env.write(
+            "acl",
+            "topic readwrite sensors/node_00/#\ntopic readwrite sensors/node_01/#\ntopic readwrite sensors/node_02/#\ntopic read sensors/node_03/#\ntopic readwrite sensors/node_04/#\n",
+        );
+        let broker = Broker::start_with(
+            &env,
+            &format!(
+                "allow_anonymous true\nacl_file {}\nmax_queued_messages 1000\n",
+                acl.display()
+            ),
+        );
+        let (db, url) = (env.db_arg(), broker.url());
+        let mut a = args(&db, &url, version);
+        a.extend(["--ack-timeout", "3", "--batch", "50"]);
+        let run = check(&env, &a, None);
+        run.expect_code(77);
+        expect_line(
+            &run,
+            "ok",
+            "topics",
+            &["120 topic(s) in the 250 unsent row(s)", "3 batch(es)"],
+        );
+        let why = if version == "5" {
+            "0x87 Not authorized"
+        } else {
+            "acknowledged the message but did not route it"
+        };
+        expect_line(
+            &run,
+            "FAIL",
+            "round-trip",
+            &[
+                "120 of 120 topic(s) checked, 24 ",
+                "sensors/node_03/… (24 topics: sensors/node_03/S00, ",
+                why,
+            ],
+        );
+        run.expect_one_error_line("sensors/node_03/");
+        // Only node_03 is named: every other topic went round.
+        for l in run.stdout.lines().filter(|l| l.starts_with("FAIL")) {
+            assert!(l.contains("node_03"), "{l}\n{}", run.stdout);
+        }
+        assert!(
+            lines(&run, "warn", "round-trip").is_empty(),
+            "{}",
+            run.stdout
+        );
+        expect_line(&run, "ok", "duplicates", &["the 96 message(s)"]);
+        assert!(std::fs::read(env.db()).unwrap() == bytes);
+        // Within the bound it states (3 batches: 7 waits of 3 s).
+        assert!(run.elapsed < Duration::from_secs(21), "{:?}", run.elapsed);
+        println!("-V {version}: check took {:?}", run.elapsed);
+    }
+}
+
+#[test]
+fn the_ceiling_of_a_default_mosquitto_is_its_receive_maximum_of_20_per_round_trip() {
+    let env = TestEnv::new("check-ceiling");
+    seeded(&env, 30);
+    // The harness's mosquitto keeps max_inflight_messages at its default
+    // (20).
+    let broker = Broker::start(&env);
+    let (db, url) = (env.db_arg(), broker.url());
+    let run = check(&env, &args(&db, &url, "5"), None);
+    run.expect_code(0);
+    expect_line(
+        &run,
+        "ok",
+        "limits",
+        &["Receive Maximum 20 (caps --inflight 100 to 20)"],
+    );
+    expect_line(
+        &run,
+        "ok",
+        "ceiling",
+        &[
+            "window 20 (the broker's Receive Maximum 20; --inflight 100)",
+            "over a round trip of",
+            "messages/s",
+            "readings/s (1.0 per message)",
+            "`--group frame`",
+            "max_inflight_messages",
+        ],
+    );
+    let mut a = args(&db, &url, "5");
+    a.push("--json");
+    let v = check(&env, &a, None).json();
+    let ceiling = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ceiling")
+        .unwrap()
+        .clone();
+    let f = &ceiling["figures"];
+    assert_eq!(f["window"], 20, "{ceiling}");
+    assert_eq!(f["receive_maximum"], 20, "{ceiling}");
+    let rtt = f["round_trip_ms"].as_f64().unwrap();
+    let rate = f["messages_per_s"].as_f64().unwrap();
+    assert!(rtt > 0.0, "{ceiling}");
+    assert!((rate * rtt / 1000.0 - 20.0).abs() < 0.01, "{ceiling}");
+    assert_eq!(f["readings_per_s"].as_f64().unwrap(), rate);
+    // Under 3.1.1 the window is --inflight, and check says that a run
+    // cannot see a refusal.
+    let run = check(&env, &args(&db, &url, "311"), None);
+    run.expect_code(0);
+    expect_line(
+        &run,
+        "ok",
+        "ceiling",
+        &["window 100 (--inflight 100; MQTT 3.1.1 has no Receive Maximum)"],
+    );
+    expect_line(&run, "ok", "round-trip", &["a run cannot see a refusal"]);
+    expect_line(&run, "ok", "limits", &["invisible to a run"]);
+}
+
+#[test]
+fn a_broker_that_never_acknowledges_fails_the_round_trip_with_75_within_the_bound_it_states() {
+    let env = TestEnv::new("check-ackless");
+    seeded(&env, 20);
+    // Accepts one connection at a time and never sends a PUBACK.
+    let fake = util::AcklessBroker::start();
+    let url = format!("mqtt://127.0.0.1:{}", fake.port);
+    let db = env.db_arg();
+    let mut a = args(&db, &url, "311");
+    a.extend(["--ack-timeout", "1", "--connect-timeout", "2"]);
+    let run = check(&env, &a, None);
+    run.expect_code(75)
+        .expect_one_error_line("no PUBACK within --ack-timeout 1 s");
+    expect_line(&run, "ok", "topics", &["20 topic(s)", "3 s in all at most"]);
+    expect_line(
+        &run,
+        "FAIL",
+        "round-trip",
+        &["1 unanswered: sensors/node_00/TC"],
+    );
+    expect_line(
+        &run,
+        "warn",
+        "round-trip",
+        &["19 other topic(s) not checked"],
+    );
+    // The round trip's bound (3 s), the subscriber's connection attempt
+    // (2 s) and the rest of the check, with a margin for a loaded machine.
+    assert!(run.elapsed < Duration::from_secs(15), "{:?}", run.elapsed);
+    println!(
+        "check against a broker that never acknowledges: {:?}",
+        run.elapsed
+    );
+}
+
+#[test]
+fn the_ceiling_counts_readings_per_message_and_what_group_frame_would_carry() {
+    let env = TestEnv::new("check-ceiling-frames");
+    // Waspmote frames of six readings: one node, one frame number, one
+    // timestamp, six sensors.
+    let c = env.create_db();
+    for frame in 0..10 {
+        for sensor in ["TC", "HUM", "PRES", "BAT", "CO2", "NO2"] {
+            c.execute(
+                "INSERT INTO sensorParser (id_wasp, id_secret, frame_type, frame_number, sensor, value, timestamp)
+                 VALUES (?1, '400577471', 128, ?2, ?3, '1.5', ?4)",
+                rusqlite::params![
+                    format!("node_{:02}", frame % 2),
+                    frame,
+                    sensor,
+                    format!("2026-11-24 10:{frame:02}:00")
+                ],
+            )
+            .unwrap();
+        }
+    }
+    drop(c);
+    env.run(&["init", "--db", &env.db_arg()]).expect_code(0);
+    let broker = Broker::start(&env);
+    let (db, url) = (env.db_arg(), broker.url());
+    let run = check(&env, &args(&db, &url, "5"), None);
+    run.expect_code(0);
+    expect_line(
+        &run,
+        "ok",
+        "ceiling",
+        &[
+            "(1.0 per message)",
+            "`--group frame` (6.0 readings per message in the next rows)",
+        ],
+    );
+    let mut a = args(&db, &url, "5");
+    a.extend(["--group", "frame", "--json"]);
+    let v = check(&env, &a, None).json();
+    let ceiling = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ceiling")
+        .unwrap()
+        .clone();
+    let f = &ceiling["figures"];
+    assert_eq!(f["readings_per_message"], 6.0, "{ceiling}");
+    let (m, r) = (
+        f["messages_per_s"].as_f64().unwrap(),
+        f["readings_per_s"].as_f64().unwrap(),
+    );
+    assert!((r - 6.0 * m).abs() < 1e-6 * r, "{ceiling}");
+    assert!(
+        ceiling["text"].as_str().unwrap().contains(
+            "a larger Receive Maximum on the broker (mosquitto: max_inflight_messages) raises it"
+        ),
+        "{ceiling}"
+    );
 }

@@ -6,10 +6,12 @@
 //! backlog, and for MySQL the high-water mark with a full scan below it)
 //! and the run lock; the broker (DNS, TCP, TLS and the broker's
 //! certificate, CONNACK, the MQTT 5 limits); the messages the next run
-//! would send; a round trip that publishes the real next message of a few
-//! distinct topics and waits for it to come back through a subscription on
-//! a second connection (the one proof, under MQTT 3.1.1, that the broker
-//! routes what it acknowledges); and the timer. A failure that makes later
+//! would send; the topics of the whole backlog (within [`MAX_TOPICS`] and
+//! [`MAX_SCAN_ROWS`]); a round trip that publishes the real next message of
+//! each of those topics and waits for it to come back through a
+//! subscription on a second connection (the one proof, under MQTT 3.1.1,
+//! that the broker routes what it acknowledges), and the ceiling of a
+//! run's rate it implies; and the timer. A failure that makes later
 //! steps meaningless turns them into `skip` lines. The exit status is what
 //! `flush` would give for the first failure (see [`Report::finish`]).
 //!
@@ -43,7 +45,11 @@ use crate::sys::{age, out, print_json};
 
 /// Distinct topics the round trip checks at most (each costs one
 /// duplicate message).
-const ROUND_TRIP_TOPICS: usize = 3;
+pub const MAX_TOPICS: usize = 1000;
+/// Unsent rows read at most to find the backlog's topics.
+pub const MAX_SCAN_ROWS: u64 = 100_000;
+/// Messages shown, one line each.
+const ROUND_TRIP_SHOWN: usize = 3;
 /// Rows that cannot be sent named at most, one line each.
 const ROWS_NAMED: usize = 5;
 /// A certificate expiring sooner than this many days is a warning.
@@ -246,6 +252,8 @@ pub fn check(args: &CheckArgs, quiet: &mut bool) -> Result<Exit> {
         db: None,
         run_in_progress: false,
         remembered: None,
+        readings_per_message: 1.0,
+        readings_per_frame: 1.0,
     };
     c.config(args.flush.config.as_deref());
     c.database();
@@ -271,6 +279,10 @@ struct Check<'a> {
     run_in_progress: bool,
     /// The protocol remembered for this broker, as a run would read it.
     remembered: Option<String>,
+    /// Readings per message in the next chunk, as sent and as `--group
+    /// frame` would send them (for the ceiling).
+    readings_per_message: f64,
+    readings_per_frame: f64,
 }
 
 impl Check<'_> {
@@ -653,7 +665,7 @@ impl Check<'_> {
         if s.protocol() == Protocol::V311 {
             self.r.ok(
                 "limits",
-                "MQTT 3.1.1 announces none: a message the broker will not take shows only as a dropped connection or, for a refused topic, a PUBACK and silence (the round trip tells)",
+                "MQTT 3.1.1 announces none, and its PUBACK has no reason code: a refusal is invisible to a run (a refused topic gets a PUBACK and silence, and the run marks its rows sent; a message over a limit, a dropped connection); the round trip's echo tells, and MQTT 5 (`-V auto` or `-V 5`, if the broker speaks it) shows refusals to every run",
                 Value::Null,
             );
             return;
@@ -725,8 +737,8 @@ impl Check<'_> {
             self.r.skip("templates", "no database to read rows from");
             return Vec::new();
         };
-        let rows = match next_rows(cfg, db, 0, 0) {
-            Ok(chunk) => chunk.rows,
+        let (rows, more) = match next_rows(cfg, db, 0, 0) {
+            Ok(chunk) => (chunk.rows, chunk.more),
             Err(e) => {
                 self.r.fail("templates", e, Value::Null);
                 return Vec::new();
@@ -741,6 +753,8 @@ impl Check<'_> {
             return Vec::new();
         }
         let selected = rows.len();
+        let last_id = rows.last().map_or(0, |r| r.id);
+        let first_rows = rows.clone();
         let mut queue = VecDeque::new();
         let mut bad: Vec<(String, String)> = messages(cfg, rows, &mut queue)
             .into_iter()
@@ -799,14 +813,20 @@ impl Check<'_> {
                 "unsendable": bad.len(),
             }),
         );
+        // Readings per message, as sent and as `--group frame` would send
+        // them (for the ceiling).
+        let sent_rows: usize = good.iter().map(|m| m.rows.ids().len()).sum();
+        self.readings_per_message = sent_rows as f64 / good.len().max(1) as f64;
+        let frames = crate::batch::split_frames(first_rows).len();
+        self.readings_per_frame = selected as f64 / frames.max(1) as f64;
         let mut seen = BTreeSet::new();
         let mut samples = Vec::new();
         for m in good {
-            if samples.len() < ROUND_TRIP_TOPICS && seen.insert(m.topic.clone()) {
+            if seen.insert(m.topic.clone()) {
                 samples.push(m);
             }
         }
-        for m in &samples {
+        for m in samples.iter().take(ROUND_TRIP_SHOWN) {
             self.r.ok(
                 "message",
                 format!(
@@ -819,7 +839,91 @@ impl Check<'_> {
                 json!({ "rows": m.rows.ids(), "topic": m.topic, "bytes": m.payload.len() }),
             );
         }
+        Self::backlog_topics(
+            cfg,
+            &mut self.r,
+            db,
+            (last_id, more, selected as u64),
+            &mut seen,
+            &mut samples,
+        );
         samples
+    }
+
+    /// The topics of the rest of the backlog, beyond the first chunk: the
+    /// first message of each new topic joins `samples`, within
+    /// [`MAX_TOPICS`] topics and [`MAX_SCAN_ROWS`] rows (and what `--limit`
+    /// leaves a run). States what was scanned and the round trip's bound.
+    fn backlog_topics(
+        cfg: &Config,
+        r: &mut Report,
+        db: &dyn Source,
+        (mut after, mut more, mut scanned): (i64, bool, u64),
+        seen: &mut BTreeSet<String>,
+        samples: &mut Vec<Message>,
+    ) {
+        while more && scanned < MAX_SCAN_ROWS && samples.len() < MAX_TOPICS {
+            let chunk = match next_rows(cfg, db, after, scanned) {
+                Ok(c) => c,
+                Err(e) => {
+                    r.warn(
+                        "topics",
+                        format!("cannot read the rest of the backlog: {}", e.message),
+                        Value::Null,
+                    );
+                    break;
+                }
+            };
+            let Some(last) = chunk.rows.last() else {
+                more = false;
+                break;
+            };
+            after = last.id;
+            more = chunk.more;
+            scanned += chunk.rows.len() as u64;
+            let mut queue = VecDeque::new();
+            // Rows that cannot become a message are the templates step's
+            // business (the first chunk's are named there); here only
+            // topics count.
+            let _ = messages(cfg, chunk.rows, &mut queue);
+            for m in queue {
+                if samples.len() < MAX_TOPICS && seen.insert(m.topic.clone()) {
+                    samples.push(m);
+                }
+            }
+        }
+        let whole = !more;
+        let how_far = if whole {
+            format!("the {scanned} unsent row(s) a run would send")
+        } else {
+            format!(
+                "the first {scanned} unsent row(s) (check reads at most {MAX_SCAN_ROWS} rows and {MAX_TOPICS} topics)"
+            )
+        };
+        let batches = samples.len().div_ceil(round_trip::BATCH).max(1);
+        let wait = cfg.ack_timeout.as_secs_f64();
+        let bound = round_trip::bound(cfg, samples.len());
+        let text = format!(
+            "{} topic(s) in {how_far}; the round trip sends the next message of each ({} batch(es) of at most {} topics on one subscriber connection, each wait at most --ack-timeout {wait} s, {} s in all at most, and --connect-timeout for each connection it makes)",
+            samples.len(),
+            batches,
+            round_trip::BATCH,
+            bound.as_secs_f64()
+        );
+        let figures = json!({
+            "topics": samples.len(),
+            "rows_scanned": scanned,
+            "whole_backlog": whole,
+            "max_topics": MAX_TOPICS,
+            "max_rows_scanned": MAX_SCAN_ROWS,
+            "batches": batches,
+            "bound_s": bound.as_secs_f64(),
+        });
+        if whole {
+            r.ok("topics", text, figures);
+        } else {
+            r.warn("topics", text, figures);
+        }
     }
 
     fn round_trip(&mut self, session: Option<Session>, samples: Vec<Message>) -> Option<Session> {
@@ -847,6 +951,7 @@ impl Check<'_> {
             &sub_broker,
             session,
             samples,
+            (self.readings_per_message, self.readings_per_frame),
             &mut self.r,
         )
     }

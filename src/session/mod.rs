@@ -346,9 +346,10 @@ impl Refusal {
     /// For the failure ledger and stderr.
     pub fn why(&self) -> String {
         format!(
-            "the broker refused it (topic {}): {}",
+            "the broker refused it (topic {}): {}{}",
             self.topic,
-            reason::describe(self.code, self.reason.as_deref())
+            reason::describe(self.code, self.reason.as_deref()),
+            reason::refusal_hint(self.code)
         )
     }
 }

@@ -78,9 +78,23 @@ pub enum Verdict {
 pub fn puback(code: u8) -> Verdict {
     match code {
         c if c < 0x80 => Verdict::Accepted,
-        0x87 => Verdict::Refused(Exit::NoPerm),
+        // 0x90 is how ejabberd refuses a topic its ACL denies: a
+        // permission, fixed in the broker's ACL (or the --topic template),
+        // not in the data.
+        0x87 | 0x90 => Verdict::Refused(Exit::NoPerm),
         0x89 | 0x91 | 0x96 | 0x97 => Verdict::Stop,
         _ => Verdict::Refused(Exit::DataErr),
+    }
+}
+
+/// What to check, for a refused message: where the refusal comes from.
+pub fn refusal_hint(code: u8) -> &'static str {
+    match code {
+        0x87 => " (the broker's ACL does not let this user publish to the topic)",
+        0x90 => {
+            " (the broker's ACL refuses the topic: ejabberd answers so for a topic its mod_mqtt access_publish denies; else the --topic template makes a name the broker rejects)"
+        }
+        _ => "",
     }
 }
 
@@ -95,8 +109,8 @@ pub struct Ending {
 
 pub fn disconnect(code: u8) -> Ending {
     let (exit, charges_message) = match code {
-        0x87 => (Exit::NoPerm, true),
-        0x90 | 0x95 | 0x99 => (Exit::DataErr, true),
+        0x87 | 0x90 => (Exit::NoPerm, true),
+        0x95 | 0x99 => (Exit::DataErr, true),
         0x8A => (Exit::NoPerm, false),
         0x9B..=0x9D => (Exit::Unavailable, false),
         _ => (Exit::TempFail, false),
@@ -147,7 +161,9 @@ mod tests {
         assert_eq!(puback(0x00), Verdict::Accepted);
         assert_eq!(puback(0x10), Verdict::Accepted);
         assert_eq!(puback(0x87), Verdict::Refused(Exit::NoPerm));
-        for code in [0x80, 0x83, 0x90, 0x99] {
+        assert_eq!(puback(0x90), Verdict::Refused(Exit::NoPerm));
+        assert!(refusal_hint(0x90).contains("access_publish"));
+        for code in [0x80, 0x83, 0x99] {
             assert_eq!(puback(code), Verdict::Refused(Exit::DataErr), "{code:#x}");
         }
         for code in [0x89, 0x91, 0x96, 0x97] {
@@ -171,7 +187,13 @@ mod tests {
                 charges_message: true
             }
         );
-        assert!(disconnect(0x90).charges_message);
+        assert_eq!(
+            disconnect(0x90),
+            Ending {
+                exit: Exit::NoPerm,
+                charges_message: true
+            }
+        );
         for code in [0x80, 0x89, 0x8B, 0x8E, 0x93, 0x97, 0x98] {
             assert_eq!(
                 disconnect(code),

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 pub mod accounting;
+pub mod ejabberd;
 pub mod fake_mqtt;
 
 /// The binary under test: `FRAMEFLUSH_BIN` when set (scripts/test-package
