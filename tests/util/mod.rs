@@ -1195,3 +1195,15 @@ pub fn wait_received(sub: &Subscriber, prefix: &str, want: &BTreeSet<i64>) -> BT
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A value of frameflush's own state table (`suspects:64`, `protocol:…`),
+/// or None.
+pub fn state(db: &Path, key: &str) -> Option<String> {
+    let c = Connection::open(db).ok()?;
+    c.query_row(
+        "SELECT value FROM frameflush_state WHERE key = ?1",
+        [key],
+        |r| r.get(0),
+    )
+    .ok()
+}
