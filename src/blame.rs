@@ -203,8 +203,13 @@ pub fn protocol(
             if attempt >= MAX_PROTOCOL_ATTEMPTS {
                 ProtocolVerdict::Fail
             } else if remembered_v5 {
-                // It earned MQTT 5 with a CONNACK: a drop is a fault.
-                ProtocolVerdict::Retry
+                // It earned MQTT 5 with a CONNACK: a drop is a fault, tried
+                // once more.
+                if attempt == 1 {
+                    ProtocolVerdict::Retry
+                } else {
+                    ProtocolVerdict::Fail
+                }
             } else if before == Some(answer) {
                 ProtocolVerdict::Fallback
             } else {
@@ -336,8 +341,9 @@ mod tests {
         use ProtocolVerdict as P;
         use V5Answer as A;
         assert_eq!(protocol(A::Dropped, true, None, 1), P::Retry);
-        assert_eq!(protocol(A::Dropped, true, Some(A::Dropped), 2), P::Retry);
-        assert_eq!(protocol(A::Silent, true, Some(A::Silent), 2), P::Retry);
-        assert_eq!(protocol(A::Dropped, true, None, 3), P::Fail);
+        assert_eq!(protocol(A::Silent, true, None, 1), P::Retry);
+        // Twice: the fault it is, reported.
+        assert_eq!(protocol(A::Dropped, true, None, 2), P::Fail);
+        assert_eq!(protocol(A::Silent, true, None, 2), P::Fail);
     }
 }

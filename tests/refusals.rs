@@ -660,3 +660,119 @@ fn json_messages_carry_their_content_type_and_repeated_topics_go_as_aliases_unde
             .all(|p| p.topic.starts_with("sensors/node_"))
     );
 }
+
+/// What a scenario took, for the closing note (`--nocapture` shows it).
+fn report(
+    case: &str,
+    runs: usize,
+    delivered: usize,
+    charged: usize,
+    quarantined: usize,
+    worst: Duration,
+    bound: Duration,
+) {
+    println!(
+        "FIGURES {case}: {runs} run(s), {delivered} delivered, {charged} charged, {quarantined} quarantined, worst run {:.2} s (bound {:.0} s)",
+        worst.as_secs_f64(),
+        bound.as_secs_f64()
+    );
+}
+
+fn quarantined(env: &TestEnv) -> usize {
+    failures(env)
+        .iter()
+        .filter(|f| !f["quarantined_at"].is_null())
+        .count()
+}
+
+#[test]
+fn an_acl_refusing_a_node_whose_frames_are_adjacent_delivers_every_other_row_in_the_first_run_and_never_marks_a_refused_one()
+ {
+    // mosquitto's default max_queued_messages answers 0x87 and goes on;
+    // with 0 it answers 0x87 and closes the connection right after it: the
+    // PUBACK read before the close is the refusal it is, and the run goes
+    // on with the next message on a new connection.
+    for queued in ["", "max_queued_messages 0"] {
+        let env = TestEnv::new("acl-frames");
+        let mut c = env.create_db();
+        util::insert_frames(&mut c, 100, 0);
+        let refused: BTreeSet<i64> = (1..=600).filter(|&id| util::frame_node(id) == 3).collect();
+        let others: BTreeSet<i64> = (1..=600).filter(|id| !refused.contains(id)).collect();
+        let mut broker = acl_broker(&env, queued);
+        let sub = Subscriber::connect(broker.port, "sensors/#");
+        let (db, url) = (env.db_arg(), broker.url());
+        let args = [
+            "flush",
+            "--db",
+            &db,
+            "-L",
+            &url,
+            "--ack-timeout",
+            "2",
+            "--json",
+        ];
+        let mut worst = Duration::ZERO;
+        for run_no in 1..=2 {
+            let run = env.run(&args);
+            worst = worst.max(run.elapsed);
+            run.expect_code(77)
+                .expect_one_error_line("0x87 Not authorized");
+            assert_eq!(run.json()["protocol"], "5", "{queued}: {run:?}");
+            assert_eq!(
+                marked_ids(&env.db(), 64),
+                others,
+                "{queued} run {run_no}: {run:?}"
+            );
+        }
+        let received: BTreeSet<i64> = sub
+            .wait_for(others.len(), WAIT)
+            .iter()
+            .map(|m| m.id())
+            .collect();
+        assert_eq!(received, others, "{queued}");
+        let ledger = failures(&env);
+        assert_eq!(ledger.len(), refused.len(), "{queued}: {ledger:?}");
+        for f in &ledger {
+            assert!(refused.contains(&f["row_id"].as_i64().unwrap()), "{f:?}");
+            assert_eq!(f["attempts"], 2, "{f:?}");
+            assert!(
+                f["last_error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("0x87 Not authorized"),
+                "{f:?}"
+            );
+        }
+        // The operator lifts the ACL and requeues: everything arrives.
+        env.write("acl", "topic readwrite #\n");
+        broker.restart();
+        let sub = Subscriber::connect(broker.port, "sensors/#");
+        env.run(&["requeue", "--db", &db, "--all"]).expect_code(0);
+        let last = env.run(&args);
+        worst = worst.max(last.elapsed);
+        last.expect_code(0);
+        assert_eq!(marked_ids(&env.db(), 64).len(), 600);
+        let late: BTreeSet<i64> = sub
+            .wait_for(refused.len(), WAIT)
+            .iter()
+            .map(|m| m.id())
+            .collect();
+        assert_eq!(late, refused);
+        report(
+            &format!(
+                "acl node_03 adjacent frames ({})",
+                if queued.is_empty() {
+                    "default max_queued_messages"
+                } else {
+                    queued
+                }
+            ),
+            3,
+            600,
+            refused.len() * 2,
+            0,
+            worst,
+            Duration::from_secs(50 + 2 + 1),
+        );
+    }
+}
