@@ -106,12 +106,18 @@ impl<T> Default for Trial<T> {
 
 impl<T> Trial<T> {
     /// A message failed alone ([`Verdict::NotKnownYet`]): the connection
-    /// dropped, or (`silent`) no PUBACK came in time.
-    pub fn failed_alone(&mut self, t: T, silent: bool) {
+    /// dropped, or (`silent`) no PUBACK came in time. A `known` suspect
+    /// (it failed alone in an earlier run) failing again by a drop says
+    /// nothing new about the broker: it does not count toward the bound,
+    /// so a backlog that starts with many bad rows is still crossed; by
+    /// silence it does, as each costs a whole `--ack-timeout`.
+    pub fn failed_alone(&mut self, t: T, silent: bool, known: bool) {
         self.unproven.push(t);
-        self.in_a_row += 1;
         if silent {
             self.silent_in_a_row += 1;
+        }
+        if !known {
+            self.in_a_row += 1;
         }
     }
 
@@ -272,13 +278,13 @@ mod tests {
     #[test]
     fn a_message_failing_alone_is_charged_only_when_a_later_one_is_accepted() {
         let mut t = Trial::default();
-        t.failed_alone(7, false);
-        t.failed_alone(8, true);
+        t.failed_alone(7, false, false);
+        t.failed_alone(8, true, false);
         assert!(t.on_probation());
         assert!(t.takes_nothing());
         assert_eq!(t.accepted(), vec![7, 8]);
         assert!(!t.on_probation());
-        t.failed_alone(9, false);
+        t.failed_alone(9, false, false);
         assert!(!t.takes_nothing());
         // The run ends before any proof: nobody is charged.
         assert_eq!(t.unproven(), vec![9]);
@@ -289,13 +295,27 @@ mod tests {
     fn a_run_of_bad_messages_is_crossed_up_to_a_bound_counted_in_a_row() {
         let mut t = Trial::default();
         for i in 0..MAX_UNPROVEN - 1 {
-            t.failed_alone(i, false);
+            t.failed_alone(i, false, false);
             assert!(!t.exhausted());
         }
         assert_eq!(t.accepted().len(), MAX_UNPROVEN - 1);
         for i in 0..MAX_UNPROVEN {
             assert!(!t.exhausted());
-            t.failed_alone(i, false);
+            t.failed_alone(i, false, false);
+        }
+        assert!(t.exhausted());
+    }
+
+    #[test]
+    fn known_suspects_dropping_the_connection_again_do_not_use_up_the_search() {
+        let mut t = Trial::default();
+        for i in 0..3 * MAX_UNPROVEN {
+            t.failed_alone(i, false, true);
+        }
+        assert!(!t.exhausted());
+        assert!(t.takes_nothing());
+        for i in 0..MAX_SILENT {
+            t.failed_alone(i, true, true);
         }
         assert!(t.exhausted());
     }
@@ -303,10 +323,10 @@ mod tests {
     #[test]
     fn a_link_swallowing_acknowledgements_costs_only_a_few_ack_timeouts() {
         let mut t = Trial::default();
-        t.failed_alone(1, false);
+        t.failed_alone(1, false, false);
         for i in 0..MAX_SILENT {
             assert!(!t.exhausted());
-            t.failed_alone(i, true);
+            t.failed_alone(i, true, false);
         }
         assert!(t.exhausted());
         t.accepted();

@@ -47,7 +47,7 @@ const MARK_INTERVAL: Duration = Duration::from_secs(1);
 /// cron's minute).
 const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
 /// Suspects remembered per destination at most, and tried alone per run.
-const MAX_SUSPECTS: usize = 8;
+const MAX_SUSPECTS: usize = 16;
 
 /// The one-line progress display: only on a terminal, only for runs that
 /// last over a second, redrawn four times a second, erased at the end.
@@ -381,7 +381,7 @@ impl<'a> Drain<'a> {
                 } => {
                     // A suspect already, failing again alone: charged only
                     // once another message is accepted in this run.
-                    self.trial.failed_alone((rows, why), silent);
+                    self.trial.failed_alone((rows, why), silent, true);
                     self.unproven = Some(error.clone());
                     if self.trial.exhausted() {
                         return Err(self.stop_error(&error));
@@ -800,6 +800,10 @@ impl<'a> Drain<'a> {
             (Blamed::NotKnownYet, [(rows, bytes)]) => {
                 // A message alone, the first on its connection, lost it:
                 // charged once another message gets through.
+                let known = rows
+                    .ids()
+                    .first()
+                    .is_some_and(|id| self.suspects.contains(id));
                 self.skip.extend(rows.ids());
                 self.trial.failed_alone(
                     (
@@ -809,6 +813,7 @@ impl<'a> Drain<'a> {
                     ),
                     ),
                     silent,
+                    known,
                 );
                 self.unproven = Some(error.clone());
             }

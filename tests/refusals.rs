@@ -776,3 +776,92 @@ fn an_acl_refusing_a_node_whose_frames_are_adjacent_delivers_every_other_row_in_
         );
     }
 }
+
+#[test]
+fn oversized_rows_alone_adjacent_or_spread_never_hold_back_a_healthy_row_and_are_quarantined_after_max_attempts()
+ {
+    for protocol in ["311", "5"] {
+        for (layout, big) in [
+            ("1 oversized", vec![150i64]),
+            ("6 adjacent oversized", (151..=156).collect::<Vec<i64>>()),
+            ("12 spread oversized", (1..=12).map(|k| k * 45).collect()),
+        ] {
+            let env = TestEnv::new("oversized");
+            let mut c = env.create_db();
+            util::insert_frames(&mut c, 100, 0);
+            for &id in &big {
+                make_big(&env, id, 3000);
+            }
+            let broker = Broker::start_with(&env, "allow_anonymous true\nmax_packet_size 2000\n");
+            let sub = Subscriber::connect(broker.port, "sensors/#");
+            let (db, url) = (env.db_arg(), broker.url());
+            let args = [
+                "flush",
+                "--db",
+                &db,
+                "-L",
+                &url,
+                "-V",
+                protocol,
+                "--max-attempts",
+                "3",
+                "--ack-timeout",
+                "2",
+            ];
+            let big_set: BTreeSet<i64> = big.iter().copied().collect();
+            let mut total = 600i64;
+            let mut runs = 0;
+            let mut worst = Duration::ZERO;
+            while runs < 6 {
+                let run = env.run(&args);
+                runs += 1;
+                worst = worst.max(run.elapsed);
+                assert!(
+                    [0, 65].contains(&run.code.unwrap()),
+                    "{protocol} {layout} run {runs}: {run:?}"
+                );
+                // Every healthy row, the producer's new ones included, went
+                // out in this very run; no oversized row is ever marked.
+                let healthy: BTreeSet<i64> =
+                    (1..=total).filter(|id| !big_set.contains(id)).collect();
+                assert_eq!(
+                    marked_ids(&env.db(), 64),
+                    healthy,
+                    "{protocol} {layout} run {runs}: {}",
+                    run.stderr
+                );
+                if quarantined(&env) == big.len() {
+                    break;
+                }
+                // The producer adds a frame between runs.
+                util::insert_frames(&mut c, 1, 0);
+                total += 6;
+            }
+            let ledger = failures(&env);
+            assert_eq!(ledger.len(), big.len(), "{protocol} {layout}: {ledger:?}");
+            for f in &ledger {
+                assert!(big_set.contains(&f["row_id"].as_i64().unwrap()), "{f:?}");
+                assert_eq!(f["attempts"], 3, "{f:?}");
+                assert!(!f["quarantined_at"].is_null(), "{f:?}");
+            }
+            // Charged once per run: quarantined by the third.
+            assert_eq!(runs, 3, "{protocol} {layout}");
+            let healthy = total as usize - big.len();
+            let received: BTreeSet<i64> =
+                sub.wait_for(healthy, WAIT).iter().map(|m| m.id()).collect();
+            assert!(received.is_disjoint(&big_set));
+            assert_eq!(received.len(), healthy);
+            // Quarantined: the next run has nothing of them to send.
+            env.run(&args).expect_code(0);
+            report(
+                &format!("max_packet_size 2000, -V {protocol}, {layout}"),
+                runs,
+                healthy,
+                big.len() * 3,
+                big.len(),
+                worst,
+                Duration::from_secs(50 + 2 + 1),
+            );
+        }
+    }
+}
