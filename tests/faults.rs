@@ -463,3 +463,217 @@ fn overlapping_runs_started_together_let_exactly_one_publish() {
         assert!(got.values().all(|&n| n == 1), "a row was published twice");
     }
 }
+
+/// What a scenario took, for the closing note (`--nocapture` shows it).
+fn report(
+    case: &str,
+    runs: usize,
+    delivered: usize,
+    charged: usize,
+    quarantined: usize,
+    worst: Duration,
+    bound: Duration,
+) {
+    println!(
+        "FIGURES {case}: {runs} run(s), {delivered} delivered, {charged} charged, {quarantined} quarantined, worst run {:.2} s (bound {:.0} s)",
+        worst.as_secs_f64(),
+        bound.as_secs_f64()
+    );
+}
+
+/// Waits (bounded) until every id in `want` was received, whatever the
+/// topic; returns how often each id came.
+fn wait_ids(sub: &Subscriber, want: &BTreeSet<i64>) -> std::collections::BTreeMap<i64, usize> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut got = std::collections::BTreeMap::new();
+        for m in sub.messages() {
+            *got.entry(m.id()).or_insert(0) += 1;
+        }
+        if want.iter().all(|id| got.contains_key(id)) || Instant::now() > deadline {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn ledger(env: &TestEnv, db: &str) -> Vec<serde_json::Value> {
+    let run = env.run(&["failures", "--db", db, "--json"]);
+    run.expect_code(0);
+    run.json().as_array().unwrap().clone()
+}
+
+/// A mosquitto refusing sensors/node_03/# by ACL (closing the connection
+/// after each refusal, max_queued_messages 0) and any packet over 2000
+/// bytes.
+fn strict_broker(env: &TestEnv) -> Broker {
+    let acl = env.write("acl", "topic readwrite #\ntopic deny sensors/node_03/#\n");
+    Broker::start_with(
+        env,
+        &format!(
+            "allow_anonymous true\nacl_file {}\nmax_queued_messages 0\nmax_packet_size 2000\n",
+            acl.display()
+        ),
+    )
+}
+
+#[test]
+fn a_link_dropping_the_first_connection_right_after_the_mqtt_5_connect_leaves_the_protocol_at_5_and_marks_no_refused_row()
+ {
+    let env = TestEnv::new("drop-connect");
+    let mut c = env.create_db();
+    util::insert_frames(&mut c, 50, 0);
+    let broker = strict_broker(&env);
+    let sub = Subscriber::connect(broker.port, "sensors/#");
+    let db = env.db_arg();
+    let mut worst = Duration::ZERO;
+    let mut total = 300i64;
+    for run_no in 1..=3 {
+        // Each run's first connection is dropped after its CONNECT.
+        let proxy = Proxy::start(broker.port, Fault::CloseFirstAfterConnect);
+        let port = proxy.port.to_string();
+        let run = env.run(&[
+            "flush",
+            "--db",
+            &db,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--json",
+            "-v",
+        ]);
+        worst = worst.max(run.elapsed);
+        run.expect_code(77);
+        assert_eq!(run.json()["protocol"], "5", "run {run_no}: {run:?}");
+        assert!(run.stderr.contains("with MQTT 5"), "{}", run.stderr);
+        let allowed: BTreeSet<i64> = (1..=total)
+            .filter(|&id| util::frame_node(id) != 3)
+            .collect();
+        assert_eq!(
+            marked_ids(&env.db(), 64),
+            allowed,
+            "run {run_no}: {}",
+            run.stderr
+        );
+        assert_eq!(
+            util::state(&env.db(), &format!("protocol:127.0.0.1:{port}"))
+                .map(|s| s.starts_with("5 ")),
+            Some(true)
+        );
+        util::insert_frames(&mut c, 5, 0);
+        total += 30;
+    }
+    let refused: BTreeSet<i64> = (1..=total - 30)
+        .filter(|&id| util::frame_node(id) == 3)
+        .collect();
+    let allowed: BTreeSet<i64> = (1..=total - 30)
+        .filter(|id| !refused.contains(id))
+        .collect();
+    let got = wait_ids(&sub, &allowed);
+    assert!(refused.iter().all(|id| !got.contains_key(id)));
+    report(
+        "first connection dropped after the MQTT 5 CONNECT, ACL on node_03",
+        3,
+        marked_ids(&env.db(), 64).len(),
+        ledger(&env, &db).len(),
+        0,
+        worst,
+        Duration::from_secs(56),
+    );
+}
+
+#[test]
+fn a_link_cut_at_random_offsets_with_refused_and_oversized_rows_loses_no_reading_over_15_runs() {
+    let mut rng = Rng::new("a_link_cut_at_random_offsets_with_refused");
+    let env = TestEnv::new("cut-refused");
+    let mut c = env.create_db();
+    util::insert_frames(&mut c, 100, 0);
+    let big: BTreeSet<i64> = [100i64, 101, 350].into_iter().collect();
+    for &id in &big {
+        c.execute(
+            "UPDATE sensorParser SET value = ?1 WHERE id = ?2",
+            rusqlite::params!["9".repeat(3000), id],
+        )
+        .unwrap();
+    }
+    let broker = strict_broker(&env);
+    let sub = Subscriber::connect(broker.port, "sensors/#");
+    let db = env.db_arg();
+    let bad = |id: i64| util::frame_node(id) == 3 || big.contains(&id);
+    let mut worst = Duration::ZERO;
+    for run_no in 0..15 {
+        // Some cuts fall in the CONNECT (about 20 bytes), most among the
+        // PUBLISHes.
+        let cut_at = if run_no % 4 == 0 {
+            rng.range(1, 40)
+        } else {
+            rng.range(40, 60_000)
+        } as usize;
+        let proxy = Proxy::start(broker.port, Fault::CutAfter(cut_at));
+        let port = proxy.port.to_string();
+        let run = env.run(&[
+            "flush",
+            "--db",
+            &db,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--ack-timeout",
+            "2",
+            "--connect-timeout",
+            "2",
+            "--json",
+        ]);
+        worst = worst.max(run.elapsed);
+        assert!(
+            [0, 65, 69, 75, 77].contains(&run.code.unwrap()),
+            "seed {}: {run:?}",
+            rng.seed
+        );
+        let marked = marked_ids(&env.db(), 64);
+        assert!(
+            marked.iter().all(|&id| !bad(id)),
+            "seed {}, cut {cut_at}: bad rows marked: {:?}: {run:?}",
+            rng.seed,
+            marked.iter().filter(|&&id| bad(id)).collect::<Vec<_>>()
+        );
+        let got = wait_ids(&sub, &marked);
+        assert!(
+            marked.iter().all(|id| got.contains_key(id)),
+            "seed {}: marked, not received",
+            rng.seed
+        );
+        util::insert_frames(&mut c, 2, 0);
+    }
+    // The link heals: the rest of the healthy rows arrive.
+    let url = broker.url();
+    for _ in 0..3 {
+        env.run(&["flush", "--db", &db, "-L", &url, "--ack-timeout", "2"]);
+    }
+    let total = 600 + 15 * 12;
+    let healthy: BTreeSet<i64> = (1..=total).filter(|&id| !bad(id)).collect();
+    assert_eq!(marked_ids(&env.db(), 64), healthy, "seed {}", rng.seed);
+    let got = wait_ids(&sub, &healthy);
+    assert!(
+        healthy.iter().all(|id| got.contains_key(id)),
+        "seed {}: lost",
+        rng.seed
+    );
+    assert!(got.keys().all(|&id| !bad(id)));
+    let l = ledger(&env, &db);
+    assert!(
+        l.iter().all(|f| bad(f["row_id"].as_i64().unwrap())),
+        "{l:?}"
+    );
+    report(
+        "random cuts over 15 runs, ACL on node_03 and 3 oversized rows",
+        18,
+        healthy.len(),
+        l.len(),
+        l.iter().filter(|f| !f["quarantined_at"].is_null()).count(),
+        worst,
+        Duration::from_secs(56),
+    );
+}

@@ -1264,9 +1264,17 @@ pub fn state(db: &Path, key: &str) -> Option<String> {
 }
 
 /// Appends `frames` Waspmote frames of six readings each (TC, HUM, PRES,
-/// BAT, CO2, NO2), frame `f` from node_{f % 5}: a node's readings are
-/// adjacent rows, as a gateway's parser writes them.
+/// BAT, CO2, NO2), the table's frame `f` (counted from its first row)
+/// from node_{f % 5}: a node's readings are adjacent rows, as a gateway's
+/// parser writes them.
 pub fn insert_frames(c: &mut Connection, frames: usize, sync: i64) {
+    // Frames go on from the last one: node numbers follow the ids.
+    let first: i64 = c
+        .query_row("SELECT COALESCE(MAX(id), 0) FROM sensorParser", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let first = (first / 6) as usize;
     let tx = c.transaction().unwrap();
     {
         let mut st = tx
@@ -1276,7 +1284,7 @@ pub fn insert_frames(c: &mut Connection, frames: usize, sync: i64) {
             )
             .unwrap();
         let sensors = ["TC", "HUM", "PRES", "BAT", "CO2", "NO2"];
-        for f in 0..frames {
+        for f in first..first + frames {
             for (i, sensor) in sensors.iter().enumerate() {
                 st.execute(rusqlite::params![
                     format!("node_{:02}", f % 5),
