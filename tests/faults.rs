@@ -677,3 +677,159 @@ fn a_link_cut_at_random_offsets_with_refused_and_oversized_rows_loses_no_reading
         Duration::from_secs(56),
     );
 }
+
+#[test]
+fn a_broker_that_takes_no_messages_charges_nobody_however_many_runs_and_everything_arrives_once_it_recovers()
+ {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use util::fake_mqtt::{FakeBroker, FakeConfig, Published, Reply};
+    // Closing the connection on every PUBLISH for 4 runs; never
+    // acknowledging (RabbitMQ under a memory alarm) for 10.
+    for (case, refusal, runs) in [
+        ("closes on every PUBLISH", Reply::Close, 4),
+        ("never acknowledges", Reply::Silent, 10),
+    ] {
+        let env = TestEnv::new("takes-nothing");
+        let mut c = env.create_db();
+        util::insert_frames(&mut c, 10, 0);
+        let healthy = Arc::new(AtomicBool::new(false));
+        let h = healthy.clone();
+        let fake = FakeBroker::start(FakeConfig {
+            on_publish: Box::new(move |_: &Published| {
+                if h.load(Ordering::SeqCst) {
+                    Reply::Ack
+                } else {
+                    refusal.clone()
+                }
+            }),
+            ..FakeConfig::default()
+        });
+        let (db, url) = (env.db_arg(), fake.url());
+        let args = [
+            "flush",
+            "--db",
+            &db,
+            "-L",
+            &url,
+            "--ack-timeout",
+            "0.5",
+            "--connect-timeout",
+            "2",
+            "--json",
+        ];
+        let mut worst = Duration::ZERO;
+        for run_no in 1..=runs {
+            let run = env.run(&args);
+            worst = worst.max(run.elapsed);
+            run.expect_code(75)
+                .expect_one_error_line("takes no messages");
+            assert_eq!(run.json()["failed"], 0, "{case} run {run_no}: {run:?}");
+            assert!(ledger(&env, &db).is_empty(), "{case} run {run_no}");
+            assert!(marked_ids(&env.db(), 64).is_empty());
+            // A bounded search: a few connections, not one per row.
+            assert!(
+                run.json()["reconnects"].as_u64().unwrap() <= 40,
+                "{case}: {run:?}"
+            );
+        }
+        healthy.store(true, Ordering::SeqCst);
+        let run = env.run(&args);
+        worst = worst.max(run.elapsed);
+        run.expect_code(0);
+        assert_eq!(marked_ids(&env.db(), 64).len(), 60, "{case}: {run:?}");
+        assert!(ledger(&env, &db).is_empty());
+        assert_eq!(util::state(&env.db(), "suspects:64").as_deref(), Some(""));
+        report(
+            &format!("broker that {case}, {runs} runs then recovers"),
+            runs + 1,
+            60,
+            0,
+            0,
+            worst,
+            Duration::from_secs(50 + 1 + 1),
+        );
+    }
+}
+
+/// A run still publishing (slowed by --rate) when the link drops at `drop`,
+/// after which the broker accepts TCP and never answers a CONNECT: the run
+/// ends within `bound` (--max-time + --ack-timeout + 1 s, README), with
+/// nothing marked that did not arrive.
+fn time_bound_after_a_late_drop(name: &str, extra: &[&str], drop: Duration, bound: Duration) {
+    let env = TestEnv::new(name);
+    let mut c = env.create_db();
+    util::insert_frames(&mut c, 2000, 0);
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "sensors/#");
+    let proxy = Proxy::start(broker.port, Fault::CutThenMute(drop));
+    let (db, port) = (env.db_arg(), proxy.port.to_string());
+    let mut args = vec![
+        "flush",
+        "--db",
+        &db,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port,
+        "--rate",
+        "100",
+    ];
+    args.extend_from_slice(extra);
+    let run = env.run(&args);
+    run.expect_code(75);
+    // The slack is for starting the process on a loaded machine.
+    assert!(
+        run.elapsed <= bound + Duration::from_millis(1500),
+        "{name}: ran {:?} against a bound of {bound:?}: {run:?}",
+        run.elapsed
+    );
+    assert!(run.elapsed >= drop, "{run:?}");
+    let marked = marked_ids(&env.db(), 64);
+    assert!(!marked.is_empty());
+    let got = wait_ids(&sub, &marked);
+    assert!(
+        marked.iter().all(|id| got.contains_key(id)),
+        "{name}: marked, not received"
+    );
+    report(
+        &format!(
+            "drop at {:?} then CONNECT never answered, {}",
+            drop,
+            if extra.is_empty() {
+                "defaults".to_string()
+            } else {
+                extra.join(" ")
+            }
+        ),
+        1,
+        marked.len(),
+        ledger(&env, &db).len(),
+        0,
+        run.elapsed,
+        bound,
+    );
+}
+
+#[test]
+fn a_run_whose_broker_drops_it_and_then_never_answers_a_connect_ends_within_the_bound_for_a_small_max_time()
+ {
+    time_bound_after_a_late_drop(
+        "late-drop-small",
+        &["--max-time", "5", "--ack-timeout", "3"],
+        Duration::from_secs(3),
+        Duration::from_secs(5 + 3 + 1),
+    );
+}
+
+#[test]
+fn a_run_whose_broker_drops_it_late_and_then_never_answers_a_connect_ends_within_the_bound_with_the_defaults()
+ {
+    // The defaults: --max-time 50, --ack-timeout 5, --connect-timeout 10.
+    time_bound_after_a_late_drop(
+        "late-drop-defaults",
+        &[],
+        Duration::from_secs(44),
+        Duration::from_secs(50 + 5 + 1),
+    );
+}
