@@ -13,18 +13,20 @@
 //! leaves those messages in doubt: the broker may have taken them, or one of
 //! them may be what killed the connection (over the broker's packet size
 //! limit, refused by an ACL that resets the connection, a message after
-//! which the broker goes silent). The run marks what was acknowledged,
-//! connects again and sends the messages in doubt one at a time, each
-//! waiting for its PUBACK (`probation`), so no PUBACK is lost with a
-//! connection and the culprit shows itself: a message that fails alone as
-//! the first PUBLISH of its connection is charged an attempt once a later
-//! message gets a PUBACK (proof that the broker works and the fault was that
-//! message's). Two messages alone failing in a row (`strikes`) mean the link
-//! or the broker is at fault: the run ends, nobody is charged, and the
-//! oldest message in doubt is kept as a suspect in the source's state. The
-//! next run sends each suspect alone, first on its own connection, before
-//! opening the window: accepted, it is marked and forgiven; failing again,
-//! it is charged (quarantined at `--max-attempts`) and the rest goes on.
+//! which the broker goes silent). The run marks what was acknowledged
+//! (also what the broker acknowledged right before it closed), connects
+//! again and sends the messages in doubt one at a time, each waiting for
+//! its PUBACK (`probation`), so no PUBACK is lost with a connection and the
+//! culprit shows itself. Who is at fault is not decided here: [`blame`]
+//! gives the verdict on each loss (the link, this message, not known yet)
+//! and keeps the in-run evidence ([`Trial`]): a message that fails alone is
+//! charged only once a later message is accepted; while one is unproven,
+//! the next messages go alone too, so a run of bad messages is crossed; too
+//! many failures in a row mean the broker or the link, and the run ends
+//! charging nobody, the unproven messages kept as suspects in the source's
+//! state. The next run sends each suspect alone, first on its own
+//! connection, before opening the window. Every wait is capped by the run's
+//! hard deadline, `--max-time` + `--ack-timeout` after its start.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -6,8 +6,9 @@
 //! size of a PUBLISH on the wire, what a CONNACK, a PUBACK or a DISCONNECT
 //! can say) sits behind the small [`Wire`] trait, implemented in `v311` and
 //! `v5`. [`Session`] owns the rest: the protocol choice (`auto`: MQTT 5
-//! first, 3.1.1 when the broker does not speak 5, the answer remembered by
-//! the caller as an opaque string), the window (at most `--inflight`, and
+//! first, 3.1.1 when [`crate::blame::protocol`] says the broker answered as
+//! a 3.1.1-only one, the answer remembered by the caller as an opaque
+//! string; every attempt within the caller's deadline), the window (at most `--inflight`, and
 //! under MQTT 5 at most the broker's Receive Maximum), the Maximum Packet
 //! Size check before anything is sent, topic aliases, and the blame when a
 //! connection dies: the message the broker's DISCONNECT names, or the oldest
@@ -23,7 +24,9 @@
 //! capacity, so `try_publish` never meets a full channel. After any
 //! connection error the session is finished: rumqttc would reconnect by
 //! itself and, with a clean session, silently drop what was queued and in
-//! flight, so those rows stay unsent.
+//! flight, so those rows stay unsent. What rumqttc had read before the
+//! error (PUBACKs it queued in `state.events`) is handed out first, then
+//! the error.
 
 pub mod reason;
 mod v311;
