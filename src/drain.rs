@@ -365,8 +365,8 @@ impl<'a> Drain<'a> {
                 }
                 Alone::Failed(e) => return Err(e),
                 Alone::Named { rows, why, code } => {
-                    // The broker's DISCONNECT named it, alone: proof.
-                    self.forgive(id);
+                    // The broker's DISCONNECT named it, alone: proof. It
+                    // stays a suspect until quarantined.
                     self.charge_named(&rows, why, code);
                     self.mark()?;
                     session.close();
@@ -651,8 +651,10 @@ impl<'a> Drain<'a> {
     }
 
     /// The broker's DISCONNECT named this message, the only one it was
-    /// handling: it is charged, and the run goes on.
+    /// handling: it is charged, and the run goes on. It is a suspect for
+    /// the next run (sent alone first: one connection, not a window's).
     fn charge_named(&mut self, rows: &Rows, why: String, code: u8) {
+        self.suspect(rows);
         self.skip.extend(rows.ids());
         self.summary.refused += rows.ids().len() as u64;
         let exit = crate::session::reason::disconnect(code).exit;

@@ -865,3 +865,102 @@ fn oversized_rows_alone_adjacent_or_spread_never_hold_back_a_healthy_row_and_are
         }
     }
 }
+
+#[test]
+fn a_disconnect_naming_a_message_in_a_full_window_charges_that_message_and_stores_it_not_its_neighbour_as_the_suspect()
+ {
+    let env = TestEnv::new("disconnect-window");
+    env.seed(200);
+    // Row 100's PUBLISH, whenever it comes, gets DISCONNECT 0x95.
+    let fake = FakeBroker::start(FakeConfig {
+        on_publish: Box::new(|p: &Published| {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+            if v["id"] == 100 {
+                Reply::Disconnect {
+                    reason: 0x95,
+                    reason_string: None,
+                    short: false,
+                }
+            } else {
+                Reply::Ack
+            }
+        }),
+        ..FakeConfig::default()
+    });
+    let (db, url) = (env.db_arg(), fake.url());
+    let args = [
+        "flush",
+        "--db",
+        &db,
+        "-L",
+        &url,
+        "--inflight",
+        "64",
+        "--max-attempts",
+        "2",
+    ];
+    let first = env.run(&args);
+    first
+        .expect_code(65)
+        .expect_one_error_line("0x95 Packet too large");
+    let others: BTreeSet<i64> = (1..=200).filter(|&id| id != 100).collect();
+    // The rest went on in the same run.
+    assert_eq!(marked_ids(&env.db(), 64), others, "{first:?}");
+    let ledger = failures(&env);
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(ledger[0]["row_id"], 100);
+    assert_eq!(
+        util::state(&env.db(), "suspects:64").as_deref(),
+        Some("100")
+    );
+    // Next run: sent alone first, named again: charged, quarantined.
+    let mut c = rusqlite::Connection::open(env.db()).unwrap();
+    util::insert_rows(&mut c, 5, 0);
+    env.run(&args).expect_code(65);
+    assert_eq!(failures(&env)[0]["attempts"], 2);
+    assert!(!failures(&env)[0]["quarantined_at"].is_null());
+    assert_eq!(marked_ids(&env.db(), 64).len(), 204);
+}
+
+#[test]
+fn a_broker_remembered_as_mqtt_5_is_never_moved_to_3_1_1_by_a_close_and_a_protocol_answer_that_moves_it_is_said()
+ {
+    for (answer, reason, code) in [
+        (V5Connect::CloseWithoutConnack, 0u8, 69),
+        (V5Connect::Accept, 0x84, 0),
+    ] {
+        let env = TestEnv::new("remembered5");
+        env.seed(10);
+        let fake = FakeBroker::start(FakeConfig {
+            on_v5_connect: answer,
+            connack_reason: reason,
+            ..FakeConfig::default()
+        });
+        let (db, url) = (env.db_arg(), fake.url());
+        env.run(&["init", "--db", &db]).expect_code(0);
+        let key = format!("protocol:127.0.0.1:{}", fake.port);
+        let c = rusqlite::Connection::open(env.db()).unwrap();
+        c.execute(
+            "INSERT INTO frameflush_state (key, value) VALUES (?1, '5 1000')",
+            [&key],
+        )
+        .unwrap();
+        let run = env.run(&["flush", "--db", &db, "-L", &url, "--connect-timeout", "2"]);
+        run.expect_code(code);
+        if code == 69 {
+            // Closed twice: the fault it is; nothing sent under 3.1.1.
+            assert_eq!(fake.connects(), vec![5, 5], "{run:?}");
+            assert!(marked_ids(&env.db(), 64).is_empty());
+            assert_eq!(util::state(&env.db(), &key).as_deref(), Some("5 1000"));
+        } else {
+            assert!(
+                run.stderr.contains("answered MQTT 5 before")
+                    && run.stderr.contains("refusals are invisible"),
+                "{run:?}"
+            );
+            assert_eq!(fake.connects(), vec![5, 4]);
+            assert_eq!(marked_ids(&env.db(), 64).len(), 10);
+            assert!(util::state(&env.db(), &key).unwrap().starts_with("311 "));
+        }
+    }
+}
