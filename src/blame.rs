@@ -153,6 +153,13 @@ impl<T> Trial<T> {
         self.accepted == 0 && !self.unproven.is_empty()
     }
 
+    /// Every message that failed alone since the last one accepted was a
+    /// known suspect: nothing says yet whether they or the broker are at
+    /// fault.
+    pub fn only_known(&self) -> bool {
+        self.in_a_row == 0 && !self.unproven.is_empty()
+    }
+
     /// At the end of the run: the messages never proven guilty (suspects
     /// for the next run, charged nothing).
     pub fn unproven(&mut self) -> Vec<T> {
@@ -314,6 +321,7 @@ mod tests {
         }
         assert!(!t.exhausted());
         assert!(t.takes_nothing());
+        assert!(t.only_known());
         for i in 0..MAX_SILENT {
             t.failed_alone(i, true, true);
         }

@@ -672,6 +672,20 @@ impl<'a> Drain<'a> {
     fn stop_error(&self, last: &Error) -> Error {
         let n = self.trial.unproven_count();
         let broker = format!("{}:{}", self.cfg.broker.host, self.cfg.broker.port);
+        let nothing_else = !self.more
+            && self
+                .queue
+                .iter()
+                .all(|m| m.rows.ids().iter().any(|id| self.skip.contains(id)));
+        if self.trial.only_known() && nothing_else {
+            return Error::new(
+                Exit::TempFail,
+                format!(
+                    "broker {broker} took none of the {n} suspected message(s) sent alone again (the last: {}), and nothing else was left to send to prove that it works: nobody is charged; they are charged once another message is accepted",
+                    last.message
+                ),
+            );
+        }
         let what = if self.trial.takes_nothing() {
             format!("broker {broker} takes no messages: it accepts connections, but")
         } else {

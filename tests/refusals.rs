@@ -557,7 +557,9 @@ fn a_broker_that_goes_silent_after_one_message_is_found_by_sending_the_messages_
     // after it to prove the broker works, the run ends 75 and charges
     // nobody; once a producer adds a row, its PUBACK proves row 21 guilty.
     let second = env.run(&args);
-    second.expect_code(75);
+    second
+        .expect_code(75)
+        .expect_one_error_line("nothing else was left to send to prove that it works");
     assert_eq!(failures(&env)[0]["attempts"], 1);
     let mut c = rusqlite::Connection::open(env.db()).unwrap();
     util::insert_rows(&mut c, 2, 0);
