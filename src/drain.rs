@@ -335,7 +335,8 @@ impl<'a> Drain<'a> {
                 continue;
             };
             if session.published() > 0 {
-                session.goodbye(DISCONNECT_WAIT);
+                let left = self.hard_deadline.saturating_duration_since(Instant::now());
+                session.goodbye(DISCONNECT_WAIT.min(left));
                 session = self.connect()?;
             }
             self.skip.extend(m.rows.ids());

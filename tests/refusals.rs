@@ -497,6 +497,15 @@ fn a_broker_that_speaks_only_3_1_1_is_reached_in_the_same_run_and_remembered() {
             "{}",
             status.stdout
         );
+        // -v says it whenever the broker is used under 3.1.1.
+        util::insert_rows(&mut c, 1, 0);
+        let verbose = env.run(&["flush", "--db", &db, "-L", &url, "-v"]);
+        verbose.expect_code(0);
+        assert!(
+            verbose.stderr.contains("with MQTT 3.1.1 (MQTT 3.1.1: a broker cannot say it refused a message, so refusals are invisible)"),
+            "{}",
+            verbose.stderr
+        );
     }
 }
 

@@ -735,7 +735,9 @@ impl Session {
                     }
                     match Session::connect_with(o, Protocol::V311, false, until) {
                         Ok(mut s) => {
-                            s.goodbye(PROBE_GOODBYE);
+                            s.goodbye(
+                                PROBE_GOODBYE.min(until.saturating_duration_since(Instant::now())),
+                            );
                             before = Some(answer);
                         }
                         Err(f) => {
