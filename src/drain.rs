@@ -783,13 +783,16 @@ impl<'a> Drain<'a> {
         }
     }
 
-    /// The connection ended, or went silent, with messages in flight. What
-    /// was acknowledged is marked; a message the broker's DISCONNECT named
-    /// is charged; one that was alone in flight is charged once a later one
-    /// gets through. Then, if the broker has been answering in this run and
-    /// this is not the second loss in a row, a new connection sends the
-    /// messages in doubt one at a time and the run goes on; else the run
-    /// ends and the oldest message in doubt becomes a suspect for the next.
+    /// The connection ended, or went silent (`silent`: no PUBACK within
+    /// --ack-timeout), with messages in flight. What was acknowledged is
+    /// marked; then [`blame::loss`] judges: a message the broker's
+    /// DISCONNECT named while alone is charged; one that failed alone, first
+    /// on its connection, joins the [`Trial`] (charged once a later one is
+    /// accepted). Unless the trial is exhausted, the loss allows no retry,
+    /// or the time is up, a new connection sends the messages in doubt one
+    /// at a time and the run goes on; else the run ends and the oldest
+    /// message in doubt (never the neighbour of a charged one) becomes a
+    /// suspect for the next.
     fn on_lost(&mut self, session: &mut Session, broken: Broken, silent: bool) -> Result<()> {
         let Broken {
             error,
