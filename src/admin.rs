@@ -105,7 +105,9 @@ pub fn status(args: &StatusArgs) -> Result<Exit> {
         let d = &dest.figures;
         let protocol = match (dest.protocol.as_deref(), &dest.broker) {
             (Some("5"), Some(b)) => format!("MQTT 5 (to {b})"),
-            (Some(_), Some(b)) => format!("MQTT 3.1.1 (to {b})"),
+            (Some(_), Some(b)) => format!(
+                "MQTT 3.1.1 (to {b}; refusals are invisible: a 3.1.1 broker cannot say it refused a message)"
+            ),
             _ => "- (no connection yet)".to_string(),
         };
         let oldest = match (&d.oldest_unsent, d.oldest_unsent_age_s) {

@@ -13,18 +13,20 @@
 //! leaves those messages in doubt: the broker may have taken them, or one of
 //! them may be what killed the connection (over the broker's packet size
 //! limit, refused by an ACL that resets the connection, a message after
-//! which the broker goes silent). The run marks what was acknowledged,
-//! connects again and sends the messages in doubt one at a time, each
-//! waiting for its PUBACK (`probation`), so no PUBACK is lost with a
-//! connection and the culprit shows itself: a message that fails alone as
-//! the first PUBLISH of its connection is charged an attempt once a later
-//! message gets a PUBACK (proof that the broker works and the fault was that
-//! message's). Two messages alone failing in a row (`strikes`) mean the link
-//! or the broker is at fault: the run ends, nobody is charged, and the
-//! oldest message in doubt is kept as a suspect in the source's state. The
-//! next run sends each suspect alone, first on its own connection, before
-//! opening the window: accepted, it is marked and forgiven; failing again,
-//! it is charged (quarantined at `--max-attempts`) and the rest goes on.
+//! which the broker goes silent). The run marks what was acknowledged
+//! (also what the broker acknowledged right before it closed), connects
+//! again and sends the messages in doubt one at a time, each waiting for
+//! its PUBACK (`probation`), so no PUBACK is lost with a connection and the
+//! culprit shows itself. Who is at fault is not decided here: [`blame`]
+//! gives the verdict on each loss (the link, this message, not known yet)
+//! and keeps the in-run evidence ([`Trial`]): a message that fails alone is
+//! charged only once a later message is accepted; while one is unproven,
+//! the next messages go alone too, so a run of bad messages is crossed; too
+//! many failures in a row mean the broker or the link, and the run ends
+//! charging nobody, the unproven messages kept as suspects in the source's
+//! state. The next run sends each suspect alone, first on its own
+//! connection, before opening the window. Every wait is capped by the run's
+//! hard deadline, `--max-time` + `--ack-timeout` after its start.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -32,6 +34,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use crate::batch::{
     Chunk, MAX_ROW_ERRORS_SHOWN, chunk_log, next_rows, render_and_record, split_frames,
 };
+use crate::blame::{self, Loss, Trial, Verdict as Blamed};
 use crate::config::{Config, Group, Log};
 use crate::error::{Error, Exit, Result};
 use crate::session::reason::Verdict;
@@ -46,7 +49,7 @@ const MARK_INTERVAL: Duration = Duration::from_secs(1);
 /// cron's minute).
 const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
 /// Suspects remembered per destination at most, and tried alone per run.
-const MAX_SUSPECTS: usize = 8;
+const MAX_SUSPECTS: usize = 16;
 
 /// The one-line progress display: only on a terminal, only for runs that
 /// last over a second, redrawn four times a second, erased at the end.
@@ -123,12 +126,25 @@ enum Alone {
     Accepted(Rows),
     Refused(Refusal),
     TooLarge(Message, String),
-    /// The connection died, or no PUBACK came in time: the message is
-    /// charged; `why` goes to the failure ledger.
-    Charged {
+    /// The broker's DISCONNECT named it (`code`): it is charged now.
+    Named {
+        rows: Rows,
+        why: String,
+        code: u8,
+    },
+    /// The connection died, or no PUBACK came in time: a suspect, charged
+    /// only once another message is accepted; `why` goes to the ledger.
+    Lost {
         rows: Rows,
         why: String,
         error: Error,
+        /// No PUBACK in time (rather than a dropped connection).
+        silent: bool,
+    },
+    /// The connection ended in a way that is not about this message.
+    Cleared {
+        error: Error,
+        retry: bool,
     },
     /// It could not even be handed to the MQTT client.
     Failed(Error),
@@ -173,22 +189,19 @@ pub struct Drain<'a> {
     /// (each waits for its PUBACK before the next), so that no PUBACK is
     /// lost with the connection and the one the broker chokes on is known.
     probation: usize,
-    /// Messages sent alone that lost the connection (or got no PUBACK)
-    /// since the last PUBACK: at [`MAX_STRIKES`] the broker or the link, not
-    /// a message, is at fault, and the run ends.
-    strikes: u32,
-    /// Messages that lost the connection while alone in flight: charged
-    /// once a later message gets a PUBACK (the broker works, so it was this
-    /// message); else, at the end, kept as suspects.
-    pending_charges: Vec<(Rows, String)>,
-    /// The loss the last pending charge came from: the run's error if
-    /// nothing proves the message guilty before the run ends.
+    /// Messages that lost the connection (or got no PUBACK) alone in
+    /// flight, first on their connection: charged once a later message is
+    /// accepted (proof that the broker and the link work); else, at the
+    /// end, kept as suspects. [`Trial`] also says when to stop looking.
+    trial: Trial<(Rows, String)>,
+    /// The loss the last unproven message came from: the run's error if
+    /// nothing proves it guilty before the run ends.
     unproven: Option<Error>,
+    /// Nothing waits past this: `--max-time` + `--ack-timeout` after the
+    /// start.
+    hard_deadline: Instant,
 }
 
-/// Messages alone in a row that lose the connection, with no PUBACK in
-/// between, that end a run.
-const MAX_STRIKES: u32 = 2;
 /// New connections a run makes at most after losing one.
 const MAX_RECONNECTS: u32 = 5000;
 
@@ -226,9 +239,9 @@ impl<'a> Drain<'a> {
             high_water: 0,
             published_high: 0,
             probation: 0,
-            strikes: 0,
-            pending_charges: Vec::new(),
+            trial: Trial::default(),
             unproven: None,
+            hard_deadline: start + cfg.max_time + cfg.ack_timeout,
         })
     }
 
@@ -286,7 +299,12 @@ impl<'a> Drain<'a> {
             wanted: cfg.protocol,
             log: cfg.log,
         };
-        let (session, learned) = Session::connect(&options, remembered.as_deref(), unix_now())?;
+        let (session, learned) = Session::connect_until(
+            &options,
+            remembered.as_deref(),
+            unix_now(),
+            Some(self.hard_deadline),
+        )?;
         if let Some(value) = learned {
             self.db.set_state(&key, &value)?;
         }
@@ -317,7 +335,8 @@ impl<'a> Drain<'a> {
                 continue;
             };
             if session.published() > 0 {
-                session.goodbye(DISCONNECT_WAIT);
+                let left = self.hard_deadline.saturating_duration_since(Instant::now());
+                session.goodbye(DISCONNECT_WAIT.min(left));
                 session = self.connect()?;
             }
             self.skip.extend(m.rows.ids());
@@ -346,26 +365,39 @@ impl<'a> Drain<'a> {
                     self.fail_rows(&m.rows, why)?;
                 }
                 Alone::Failed(e) => return Err(e),
-                Alone::Charged { rows, why, error } => {
-                    // A suspect already: it made a connection fail before,
-                    // and now again, alone.
-                    let failed: Vec<(i64, String)> =
-                        rows.ids().iter().map(|&i| (i, why.clone())).collect();
-                    self.summary.failed += failed.len() as u64;
-                    if !self.cfg.log.quiet && self.summary.failed <= MAX_ROW_ERRORS_SHOWN {
-                        crate::sys::say!("frameflush: {} not sent: {why}", rows.label());
-                    }
-                    let quarantined = self.db.record_failures(&failed, self.cfg.max_attempts)?;
-                    self.note_quarantined(quarantined);
-                    if quarantined > 0 {
-                        self.forgive(id);
-                    }
-                    self.strikes += 1;
-                    if self.strikes >= MAX_STRIKES {
-                        return Err(error);
+                Alone::Named { rows, why, code } => {
+                    // The broker's DISCONNECT named it, alone: proof. It
+                    // stays a suspect until quarantined.
+                    self.charge_named(&rows, why, code);
+                    self.mark()?;
+                    session.close();
+                    session = self.reconnect(Error::new(
+                        Exit::TempFail,
+                        "the broker disconnected on a suspected message",
+                    ))?;
+                }
+                Alone::Lost {
+                    rows,
+                    why,
+                    error,
+                    silent,
+                } => {
+                    // A suspect already, failing again alone: charged only
+                    // once another message is accepted in this run.
+                    self.trial.failed_alone((rows, why), silent, true);
+                    self.unproven = Some(error.clone());
+                    if self.trial.exhausted() {
+                        return Err(self.stop_error(&error));
                     }
                     if self.cfg.log.verbose {
                         crate::sys::say!("frameflush: {error}; reconnecting for the rest");
+                    }
+                    session.close();
+                    session = self.reconnect(error)?;
+                }
+                Alone::Cleared { error, retry } => {
+                    if !retry {
+                        return Err(error);
                     }
                     session.close();
                     session = self.reconnect(error)?;
@@ -411,7 +443,7 @@ impl<'a> Drain<'a> {
             // Not the message's fault: the run ends, nobody is charged.
             Err(Unsent::Failed(error)) => return Alone::Failed(error),
         }
-        let deadline = Instant::now() + self.cfg.ack_timeout;
+        let deadline = (Instant::now() + self.cfg.ack_timeout).min(self.hard_deadline);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match session.poll(left) {
@@ -419,7 +451,7 @@ impl<'a> Drain<'a> {
                 Ok(Polled::Refused(r)) => return Alone::Refused(r),
                 Ok(Polled::Other) => {}
                 Ok(Polled::Idle) if left.is_zero() => {
-                    return Alone::Charged {
+                    return Alone::Lost {
                         rows,
                         why: format!(
                             "the broker did not acknowledge this message ({bytes} bytes) within --ack-timeout, sent alone (above the broker's packet size limit? refused by its ACL?)"
@@ -428,17 +460,34 @@ impl<'a> Drain<'a> {
                             Exit::TempFail,
                             "no PUBACK for the suspected message sent alone",
                         ),
+                        silent: true,
                     };
                 }
                 Ok(Polled::Idle) => {}
-                Err(Broken { error, blame, .. }) => {
-                    let why = match blame {
-                        Blame::Message { why, .. } => why,
-                        _ => format!(
-                            "the broker closed the connection on this message ({bytes} bytes: above the broker's packet size limit? refused by its ACL?)"
-                        ),
+                Err(broken) => {
+                    let verdict = blame::loss(Loss {
+                        disconnect: broken.disconnect,
+                        in_flight: 1,
+                        first_on_connection: session.published() == 1,
+                        after_refusal: broken.after_refusal,
+                    });
+                    return match (verdict, broken.blame, broken.disconnect) {
+                        (Blamed::Message, Blame::Message { why, .. }, Some(code)) => {
+                            Alone::Named { rows, why, code }
+                        }
+                        (Blamed::NotKnownYet, _, _) => Alone::Lost {
+                            rows,
+                            why: format!(
+                                "the broker closed the connection on this message ({bytes} bytes: above the broker's packet size limit? refused by its ACL?)"
+                            ),
+                            error: broken.error,
+                            silent: false,
+                        },
+                        _ => Alone::Cleared {
+                            error: broken.error,
+                            retry: broken.retry,
+                        },
                     };
-                    return Alone::Charged { rows, why, error };
                 }
             }
         }
@@ -484,10 +533,10 @@ impl<'a> Drain<'a> {
                 Ok(Polled::Idle) => {
                     if session.in_flight() > 0 && Instant::now() >= ack_deadline {
                         let broken = self.ack_timeout(session);
-                        self.on_lost(session, broken)?;
+                        self.on_lost(session, broken, true)?;
                     }
                 }
-                Err(broken) => self.on_lost(session, broken)?,
+                Err(broken) => self.on_lost(session, broken, false)?,
             }
             self.progress.tick(&*self.db, self.summary, self.start);
             let due = self
@@ -534,8 +583,8 @@ impl<'a> Drain<'a> {
     /// `--rate`. Returns when the rate lets the next one go, if it held one
     /// back.
     fn fill_window(&mut self, session: &mut Session) -> Result<Option<Instant>> {
-        let window = if self.probation > 0 {
-            1
+        let window = if self.probation > 0 || self.trial.on_probation() {
+            1.min(session.window())
         } else {
             session.window()
         };
@@ -577,25 +626,84 @@ impl<'a> Drain<'a> {
         Ok(None)
     }
 
-    /// A PUBACK, of either kind: the broker works.
+    /// A PUBACK, of either kind: the probation goes on.
     fn answered(&mut self) {
-        self.strikes = 0;
         self.probation = self.probation.saturating_sub(1);
-        self.unproven = None;
-        if !self.pending_charges.is_empty() {
-            for (rows, why) in std::mem::take(&mut self.pending_charges) {
-                self.summary.failed += rows.ids().len() as u64;
-                if !self.cfg.log.quiet && self.summary.failed <= MAX_ROW_ERRORS_SHOWN {
-                    crate::sys::say!("frameflush: {} not sent: {why}", rows.label());
-                }
-                self.refused
-                    .extend(rows.ids().iter().map(|&id| (id, why.clone())));
-            }
+    }
+
+    /// A message accepted: the broker and the link work, so the messages
+    /// that failed alone before it were at fault and are charged (and stay
+    /// suspects: the next run sends them alone first).
+    fn proven(&mut self) {
+        let guilty = self.trial.accepted();
+        if guilty.is_empty() {
+            return;
         }
+        self.unproven = None;
+        for (rows, why) in guilty {
+            self.summary.failed += rows.ids().len() as u64;
+            if !self.cfg.log.quiet && self.summary.failed <= MAX_ROW_ERRORS_SHOWN {
+                crate::sys::say!("frameflush: {} not sent: {why}", rows.label());
+            }
+            self.refused
+                .extend(rows.ids().iter().map(|&id| (id, why.clone())));
+            self.suspect(&rows);
+        }
+    }
+
+    /// The broker's DISCONNECT named this message, the only one it was
+    /// handling: it is charged, and the run goes on. It is a suspect for
+    /// the next run (sent alone first: one connection, not a window's).
+    fn charge_named(&mut self, rows: &Rows, why: String, code: u8) {
+        self.suspect(rows);
+        self.skip.extend(rows.ids());
+        self.summary.refused += rows.ids().len() as u64;
+        let exit = crate::session::reason::disconnect(code).exit;
+        if self.cfg.log.verbose {
+            crate::sys::say!("frameflush: {} not sent: {why}", rows.label());
+        }
+        self.summary
+            .refusal(exit, || format!("{}: {why}", rows.label()));
+        self.refused
+            .extend(rows.ids().iter().map(|&id| (id, why.clone())));
+    }
+
+    /// The run's error when messages sent alone kept failing with none
+    /// accepted: the broker (or the link), not a message, is at fault.
+    fn stop_error(&self, last: &Error) -> Error {
+        let n = self.trial.unproven_count();
+        let broker = format!("{}:{}", self.cfg.broker.host, self.cfg.broker.port);
+        let nothing_else = !self.more
+            && self
+                .queue
+                .iter()
+                .all(|m| m.rows.ids().iter().any(|id| self.skip.contains(id)));
+        if self.trial.only_known() && nothing_else {
+            return Error::new(
+                Exit::TempFail,
+                format!(
+                    "broker {broker} took none of the {n} suspected message(s) sent alone again (the last: {}), and nothing else was left to send to prove that it works: nobody is charged; they are charged once another message is accepted",
+                    last.message
+                ),
+            );
+        }
+        let what = if self.trial.takes_nothing() {
+            format!("broker {broker} takes no messages: it accepts connections, but")
+        } else {
+            format!("broker {broker} stopped taking messages:")
+        };
+        Error::new(
+            Exit::TempFail,
+            format!(
+                "{what} {n} message(s) sent alone in a row lost the connection or got no PUBACK (the last: {}); nobody is charged and they stay unsent: check the broker's log (memory or disk alarm? limits?)",
+                last.message
+            ),
+        )
     }
 
     fn on_ack(&mut self, rows: Rows) {
         self.answered();
+        self.proven();
         self.summary.acknowledged += rows.ids().len() as u64;
         self.last_progress = Instant::now();
         self.acked.extend_from_slice(rows.ids());
@@ -671,62 +779,92 @@ impl<'a> Drain<'a> {
             blame,
             retry: true,
             after_refusal: false,
+            disconnect: None,
         }
     }
 
-    /// The connection ended, or went silent, with messages in flight. What
-    /// was acknowledged is marked; a message the broker's DISCONNECT named
-    /// is charged; one that was alone in flight is charged once a later one
-    /// gets through. Then, if the broker has been answering in this run and
-    /// this is not the second loss in a row, a new connection sends the
-    /// messages in doubt one at a time and the run goes on; else the run
-    /// ends and the oldest message in doubt becomes a suspect for the next.
-    fn on_lost(&mut self, session: &mut Session, broken: Broken) -> Result<()> {
+    /// The connection ended, or went silent (`silent`: no PUBACK within
+    /// --ack-timeout), with messages in flight. What was acknowledged is
+    /// marked; then [`blame::loss`] judges: a message the broker's
+    /// DISCONNECT named while alone is charged; one that failed alone, first
+    /// on its connection, joins the [`Trial`] (charged once a later one is
+    /// accepted). Unless the trial is exhausted, the loss allows no retry,
+    /// or the time is up, a new connection sends the messages in doubt one
+    /// at a time and the run goes on; else the run ends and the oldest
+    /// message in doubt (never the neighbour of a charged one) becomes a
+    /// suspect for the next.
+    fn on_lost(&mut self, session: &mut Session, broken: Broken, silent: bool) -> Result<()> {
         let Broken {
             error,
             blame,
             retry,
             after_refusal,
+            disconnect,
         } = broken;
         let in_doubt = session.in_doubt();
         self.mark()?;
-        if let Blame::Message { rows, why } = &blame {
-            self.skip.extend(rows.ids());
-            self.summary.refused += rows.ids().len() as u64;
-            self.refused
-                .extend(rows.ids().iter().map(|&id| (id, why.clone())));
-        } else if let [(rows, bytes)] = in_doubt.as_slice()
-            && !after_refusal
-            && session.published() == 1
-        {
-            // A probe failed: a message alone, the first on its connection,
-            // lost it. (Not the first: the link may die at that point of
-            // every connection; it goes first on the next one.)
-            self.strikes += 1;
-            self.skip.extend(rows.ids());
-            self.pending_charges.push((
-                rows.clone(),
-                format!(
-                    "the broker closed the connection on this message, or did not acknowledge it, sent alone ({bytes} bytes: above the broker's packet size limit? refused by its ACL?)"
-                ),
-            ));
-            self.unproven = Some(error.clone());
+        let verdict = blame::loss(Loss {
+            disconnect,
+            in_flight: in_doubt.len(),
+            first_on_connection: session.published() == 1,
+            after_refusal,
+        });
+        let mut named = false;
+        match (verdict, in_doubt.as_slice()) {
+            (Blamed::Message, [(rows, _)]) => {
+                let why = match &blame {
+                    Blame::Message { why, .. } => why.clone(),
+                    _ => "the broker disconnected on this message".to_string(),
+                };
+                self.charge_named(rows, why, disconnect.unwrap_or(0x80));
+                named = true;
+            }
+            (Blamed::NotKnownYet, [(rows, bytes)]) => {
+                // A message alone, the first on its connection, lost it:
+                // charged once another message gets through.
+                let known = rows
+                    .ids()
+                    .first()
+                    .is_some_and(|id| self.suspects.contains(id));
+                self.skip.extend(rows.ids());
+                self.trial.failed_alone(
+                    (
+                    rows.clone(),
+                    format!(
+                        "the broker closed the connection on this message, or did not acknowledge it, sent alone ({bytes} bytes: above the broker's packet size limit? refused by its ACL?)"
+                    ),
+                    ),
+                    silent,
+                    known,
+                );
+                self.unproven = Some(error.clone());
+            }
+            // Several in doubt (a DISCONNECT naming the oldest in a full
+            // window among them): they go alone, the oldest first.
+            _ => {}
         }
         let unresolved: Vec<&Rows> = in_doubt
             .iter()
             .map(|(rows, _)| rows)
             .filter(|rows| !rows.ids().iter().any(|id| self.skip.contains(id)))
             .collect();
+        let exhausted = self.trial.exhausted();
         if !retry
-            || self.strikes >= MAX_STRIKES
+            || exhausted
             || self.summary.reconnects >= MAX_RECONNECTS
             || Instant::now() >= self.publish_deadline
         {
-            if let Some(rows) = unresolved.first() {
+            // The message a DISCONNECT named is charged; the ones after it
+            // are not suspects.
+            if !named && let Some(rows) = unresolved.first() {
                 let rows = (*rows).clone();
                 self.suspect(&rows);
             }
-            return Err(error);
+            return Err(if exhausted {
+                self.stop_error(&error)
+            } else {
+                error
+            });
         }
         // Start again from the oldest message in doubt (or the next one
         // queued): rows marked meanwhile are not selected again, rows this
@@ -853,11 +991,17 @@ impl<'a> Drain<'a> {
         }
         // Not proven guilty: tried alone again by the next run, and the run
         // did not deliver everything.
-        for (rows, _) in std::mem::take(&mut self.pending_charges) {
-            self.suspect(&rows);
-        }
+        let takes_nothing = self.trial.takes_nothing();
         if let Some(e) = self.unproven.take() {
+            let e = if takes_nothing {
+                self.stop_error(&e)
+            } else {
+                e
+            };
             failure.get_or_insert(e);
+        }
+        for (rows, _) in self.trial.unproven() {
+            self.suspect(&rows);
         }
         if self.suspects_changed {
             let value = self

@@ -12,6 +12,7 @@
 
 mod admin;
 mod batch;
+mod blame;
 mod check;
 mod cli;
 mod config;

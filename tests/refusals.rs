@@ -212,7 +212,9 @@ fn under_mqtt_3_1_1_a_row_the_broker_resets_the_connection_on_is_isolated_and_qu
         "after {runs} runs: {stderr}"
     );
     println!("every other row was in after {runs} run(s)");
-    // Then the big row is charged until quarantined: never marked.
+    // Then the big row is charged until quarantined, each time a healthy
+    // row a producer added meanwhile proves the broker works: never marked.
+    let mut c = rusqlite::Connection::open(env.db()).unwrap();
     for _ in 0..5 {
         if failures(&env)
             .iter()
@@ -220,6 +222,7 @@ fn under_mqtt_3_1_1_a_row_the_broker_resets_the_connection_on_is_isolated_and_qu
         {
             break;
         }
+        util::insert_rows(&mut c, 3, 0);
         env.run(&args);
     }
     let ledger = failures(&env);
@@ -236,6 +239,13 @@ fn under_mqtt_3_1_1_a_row_the_broker_resets_the_connection_on_is_isolated_and_qu
     let received: BTreeSet<i64> = sub.wait_for(2999, WAIT).iter().map(|m| m.id()).collect();
     assert!(others.is_subset(&received));
     assert!(!received.contains(&1500));
+    assert_eq!(
+        util::sync_bits(&env.db())
+            .iter()
+            .filter(|(_, s)| *s & 64 == 0)
+            .count(),
+        1
+    );
     // Quarantined: the next run sends nothing of it and exits 0.
     env.run(&args).expect_code(0);
     util::accounting::assert_accounted(&env, &env.db(), 64);
@@ -386,6 +396,7 @@ fn quota_exceeded_stops_publishing_marks_what_was_accepted_and_charges_nobody() 
 fn a_server_disconnect_names_its_reason_and_charges_the_message_only_when_the_code_points_at_one() {
     for (code, reason, exit, charged) in [
         (0x95u8, "Packet too large", 65, true),
+        (0x87, "Not authorized", 77, true),
         (0x8E, "Session taken over", 75, false),
     ] {
         let env = TestEnv::new("disconnect");
@@ -418,23 +429,38 @@ fn a_server_disconnect_names_its_reason_and_charges_the_message_only_when_the_co
         ]);
         run.expect_code(exit)
             .expect_one_error_line(&format!("0x{code:02X} {reason}"));
-        assert_eq!(marked_ids(&env.db(), 64), (1..=9).collect());
         let ledger = failures(&env);
+        let suspects = util::state(&env.db(), "suspects:64");
         if charged {
+            // Proof: the message is charged and the run goes on with the
+            // rest on a new connection.
+            assert_eq!(
+                marked_ids(&env.db(), 64),
+                (1..=30).filter(|&i| i != 10).collect()
+            );
             assert_eq!(ledger.len(), 1, "{ledger:?}");
             assert_eq!(ledger[0]["row_id"], 10);
+            assert_eq!(fake.connects().len(), 2);
         } else {
+            assert_eq!(marked_ids(&env.db(), 64), (1..=9).collect());
             assert!(ledger.is_empty(), "{ledger:?}");
+            // In doubt, not charged: the message it was handling goes
+            // alone first next run.
+            assert_eq!(suspects.as_deref(), Some("10"));
         }
     }
 }
 
 #[test]
 fn a_broker_that_speaks_only_3_1_1_is_reached_in_the_same_run_and_remembered() {
-    for (answer, timeout) in [
-        (V5Connect::CloseWithoutConnack, "10"),
-        (V5Connect::V311ConnackRc1ThenClose, "10"),
-        (V5Connect::Silent, "1"),
+    // A close or silence after the MQTT 5 CONNECT is a protocol answer only
+    // when repeated, 3.1.1 answered at once each time: two CONNECTs of each.
+    // (rumqttc's MQTT 5 client reads aedes' and amqtt's 3.1.1 CONNACK, rc 1,
+    // then close, as a close.)
+    for (answer, timeout, connects) in [
+        (V5Connect::CloseWithoutConnack, "10", vec![5, 4, 5, 4]),
+        (V5Connect::V311ConnackRc1ThenClose, "10", vec![5, 4, 5, 4]),
+        (V5Connect::Silent, "1", vec![5, 4, 5, 4]),
     ] {
         let env = TestEnv::new("fallback");
         let mut c = env.seed(20);
@@ -458,15 +484,31 @@ fn a_broker_that_speaks_only_3_1_1_is_reached_in_the_same_run_and_remembered() {
         let run = env.run(&args);
         run.expect_code(0);
         assert_eq!(run.json()["protocol"], "311");
-        assert_eq!(fake.connects(), vec![5, 4]);
+        assert_eq!(fake.connects(), connects);
         assert_eq!(marked_ids(&env.db(), 64).len(), 20);
         // The next run with something to send connects straight with 3.1.1.
         util::insert_rows(&mut c, 5, 0);
         env.run(&args).expect_code(0);
-        assert_eq!(fake.connects(), vec![5, 4, 4]);
+        let mut connects = connects;
+        connects.push(4);
+        assert_eq!(fake.connects(), connects);
         assert_eq!(marked_ids(&env.db(), 64).len(), 25);
         let status = env.run(&["status", "--db", &db]);
         assert!(status.stdout.contains("MQTT 3.1.1"), "{}", status.stdout);
+        assert!(
+            status.stdout.contains("refusals are invisible"),
+            "{}",
+            status.stdout
+        );
+        // -v says it whenever the broker is used under 3.1.1.
+        util::insert_rows(&mut c, 1, 0);
+        let verbose = env.run(&["flush", "--db", &db, "-L", &url, "-v"]);
+        verbose.expect_code(0);
+        assert!(
+            verbose.stderr.contains("with MQTT 3.1.1 (MQTT 3.1.1: a broker cannot say it refused a message, so refusals are invisible)"),
+            "{}",
+            verbose.stderr
+        );
     }
 }
 
@@ -523,15 +565,21 @@ fn a_broker_that_goes_silent_after_one_message_is_found_by_sending_the_messages_
             .contains("did not acknowledge it, sent alone"),
         "{ledger:?}"
     );
-    // Later runs try row 21 again, alone, until it is quarantined, and
-    // never mark it: with nothing after it to prove the broker works, the
-    // run ends 75 and row 21 is a suspect; the next one charges it.
+    // Later runs try row 21 again, alone, and never mark it: with nothing
+    // after it to prove the broker works, the run ends 75 and charges
+    // nobody; once a producer adds a row, its PUBACK proves row 21 guilty.
     let second = env.run(&args);
-    second.expect_code(75);
+    second
+        .expect_code(75)
+        .expect_one_error_line("nothing else was left to send to prove that it works");
+    assert_eq!(failures(&env)[0]["attempts"], 1);
+    let mut c = rusqlite::Connection::open(env.db()).unwrap();
+    util::insert_rows(&mut c, 2, 0);
     let third = env.run(&args);
     third.expect_code(65);
     assert_eq!(failures(&env)[0]["attempts"], 2);
     assert!(!marked_ids(&env.db(), 64).contains(&21));
+    assert_eq!(marked_ids(&env.db(), 64).len(), 61);
 }
 
 #[test]
@@ -625,4 +673,308 @@ fn json_messages_carry_their_content_type_and_repeated_topics_go_as_aliases_unde
             .iter()
             .all(|p| p.topic.starts_with("sensors/node_"))
     );
+}
+
+/// What a scenario took, for the closing note (`--nocapture` shows it).
+fn report(
+    case: &str,
+    runs: usize,
+    delivered: usize,
+    charged: usize,
+    quarantined: usize,
+    worst: Duration,
+    bound: Duration,
+) {
+    println!(
+        "FIGURES {case}: {runs} run(s), {delivered} delivered, {charged} charged, {quarantined} quarantined, worst run {:.2} s (bound {:.0} s)",
+        worst.as_secs_f64(),
+        bound.as_secs_f64()
+    );
+}
+
+fn quarantined(env: &TestEnv) -> usize {
+    failures(env)
+        .iter()
+        .filter(|f| !f["quarantined_at"].is_null())
+        .count()
+}
+
+#[test]
+fn an_acl_refusing_a_node_whose_frames_are_adjacent_delivers_every_other_row_in_the_first_run_and_never_marks_a_refused_one()
+ {
+    // mosquitto's default max_queued_messages answers 0x87 and goes on;
+    // with 0 it answers 0x87 and closes the connection right after it: the
+    // PUBACK read before the close is the refusal it is, and the run goes
+    // on with the next message on a new connection.
+    for queued in ["", "max_queued_messages 0"] {
+        let env = TestEnv::new("acl-frames");
+        let mut c = env.create_db();
+        util::insert_frames(&mut c, 100, 0);
+        let refused: BTreeSet<i64> = (1..=600).filter(|&id| util::frame_node(id) == 3).collect();
+        let others: BTreeSet<i64> = (1..=600).filter(|id| !refused.contains(id)).collect();
+        let mut broker = acl_broker(&env, queued);
+        let sub = Subscriber::connect(broker.port, "sensors/#");
+        let (db, url) = (env.db_arg(), broker.url());
+        let args = [
+            "flush",
+            "--db",
+            &db,
+            "-L",
+            &url,
+            "--ack-timeout",
+            "2",
+            "--json",
+        ];
+        let mut worst = Duration::ZERO;
+        for run_no in 1..=2 {
+            let run = env.run(&args);
+            worst = worst.max(run.elapsed);
+            run.expect_code(77)
+                .expect_one_error_line("0x87 Not authorized");
+            assert_eq!(run.json()["protocol"], "5", "{queued}: {run:?}");
+            assert_eq!(
+                marked_ids(&env.db(), 64),
+                others,
+                "{queued} run {run_no}: {run:?}"
+            );
+        }
+        let received: BTreeSet<i64> = sub
+            .wait_for(others.len(), WAIT)
+            .iter()
+            .map(|m| m.id())
+            .collect();
+        assert_eq!(received, others, "{queued}");
+        let ledger = failures(&env);
+        assert_eq!(ledger.len(), refused.len(), "{queued}: {ledger:?}");
+        for f in &ledger {
+            assert!(refused.contains(&f["row_id"].as_i64().unwrap()), "{f:?}");
+            assert_eq!(f["attempts"], 2, "{f:?}");
+            assert!(
+                f["last_error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("0x87 Not authorized"),
+                "{f:?}"
+            );
+        }
+        // The operator lifts the ACL and requeues: everything arrives.
+        env.write("acl", "topic readwrite #\n");
+        broker.restart();
+        let sub = Subscriber::connect(broker.port, "sensors/#");
+        env.run(&["requeue", "--db", &db, "--all"]).expect_code(0);
+        let last = env.run(&args);
+        worst = worst.max(last.elapsed);
+        last.expect_code(0);
+        assert_eq!(marked_ids(&env.db(), 64).len(), 600);
+        let late: BTreeSet<i64> = sub
+            .wait_for(refused.len(), WAIT)
+            .iter()
+            .map(|m| m.id())
+            .collect();
+        assert_eq!(late, refused);
+        report(
+            &format!(
+                "acl node_03 adjacent frames ({})",
+                if queued.is_empty() {
+                    "default max_queued_messages"
+                } else {
+                    queued
+                }
+            ),
+            3,
+            600,
+            refused.len() * 2,
+            0,
+            worst,
+            Duration::from_secs(50 + 2 + 1),
+        );
+    }
+}
+
+#[test]
+fn oversized_rows_alone_adjacent_or_spread_never_hold_back_a_healthy_row_and_are_quarantined_after_max_attempts()
+ {
+    for protocol in ["311", "5"] {
+        for (layout, big) in [
+            ("1 oversized", vec![150i64]),
+            ("6 adjacent oversized", (151..=156).collect::<Vec<i64>>()),
+            ("12 spread oversized", (1..=12).map(|k| k * 45).collect()),
+        ] {
+            let env = TestEnv::new("oversized");
+            let mut c = env.create_db();
+            util::insert_frames(&mut c, 100, 0);
+            for &id in &big {
+                make_big(&env, id, 3000);
+            }
+            let broker = Broker::start_with(&env, "allow_anonymous true\nmax_packet_size 2000\n");
+            let sub = Subscriber::connect(broker.port, "sensors/#");
+            let (db, url) = (env.db_arg(), broker.url());
+            let args = [
+                "flush",
+                "--db",
+                &db,
+                "-L",
+                &url,
+                "-V",
+                protocol,
+                "--max-attempts",
+                "3",
+                "--ack-timeout",
+                "2",
+            ];
+            let big_set: BTreeSet<i64> = big.iter().copied().collect();
+            let mut total = 600i64;
+            let mut runs = 0;
+            let mut worst = Duration::ZERO;
+            while runs < 6 {
+                let run = env.run(&args);
+                runs += 1;
+                worst = worst.max(run.elapsed);
+                assert!(
+                    [0, 65].contains(&run.code.unwrap()),
+                    "{protocol} {layout} run {runs}: {run:?}"
+                );
+                // Every healthy row, the producer's new ones included, went
+                // out in this very run; no oversized row is ever marked.
+                let healthy: BTreeSet<i64> =
+                    (1..=total).filter(|id| !big_set.contains(id)).collect();
+                assert_eq!(
+                    marked_ids(&env.db(), 64),
+                    healthy,
+                    "{protocol} {layout} run {runs}: {}",
+                    run.stderr
+                );
+                if quarantined(&env) == big.len() {
+                    break;
+                }
+                // The producer adds a frame between runs.
+                util::insert_frames(&mut c, 1, 0);
+                total += 6;
+            }
+            let ledger = failures(&env);
+            assert_eq!(ledger.len(), big.len(), "{protocol} {layout}: {ledger:?}");
+            for f in &ledger {
+                assert!(big_set.contains(&f["row_id"].as_i64().unwrap()), "{f:?}");
+                assert_eq!(f["attempts"], 3, "{f:?}");
+                assert!(!f["quarantined_at"].is_null(), "{f:?}");
+            }
+            // Charged once per run: quarantined by the third.
+            assert_eq!(runs, 3, "{protocol} {layout}");
+            let healthy = total as usize - big.len();
+            let received: BTreeSet<i64> =
+                sub.wait_for(healthy, WAIT).iter().map(|m| m.id()).collect();
+            assert!(received.is_disjoint(&big_set));
+            assert_eq!(received.len(), healthy);
+            // Quarantined: the next run has nothing of them to send.
+            env.run(&args).expect_code(0);
+            report(
+                &format!("max_packet_size 2000, -V {protocol}, {layout}"),
+                runs,
+                healthy,
+                big.len() * 3,
+                big.len(),
+                worst,
+                Duration::from_secs(50 + 2 + 1),
+            );
+        }
+    }
+}
+
+#[test]
+fn a_disconnect_naming_a_message_in_a_full_window_charges_that_message_and_stores_it_not_its_neighbour_as_the_suspect()
+ {
+    let env = TestEnv::new("disconnect-window");
+    env.seed(200);
+    // Row 100's PUBLISH, whenever it comes, gets DISCONNECT 0x95.
+    let fake = FakeBroker::start(FakeConfig {
+        on_publish: Box::new(|p: &Published| {
+            let v: serde_json::Value = serde_json::from_slice(&p.payload).unwrap();
+            if v["id"] == 100 {
+                Reply::Disconnect {
+                    reason: 0x95,
+                    reason_string: None,
+                    short: false,
+                }
+            } else {
+                Reply::Ack
+            }
+        }),
+        ..FakeConfig::default()
+    });
+    let (db, url) = (env.db_arg(), fake.url());
+    let args = [
+        "flush",
+        "--db",
+        &db,
+        "-L",
+        &url,
+        "--inflight",
+        "64",
+        "--max-attempts",
+        "2",
+    ];
+    let first = env.run(&args);
+    first
+        .expect_code(65)
+        .expect_one_error_line("0x95 Packet too large");
+    let others: BTreeSet<i64> = (1..=200).filter(|&id| id != 100).collect();
+    // The rest went on in the same run.
+    assert_eq!(marked_ids(&env.db(), 64), others, "{first:?}");
+    let ledger = failures(&env);
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert_eq!(ledger[0]["row_id"], 100);
+    assert_eq!(
+        util::state(&env.db(), "suspects:64").as_deref(),
+        Some("100")
+    );
+    // Next run: sent alone first, named again: charged, quarantined.
+    let mut c = rusqlite::Connection::open(env.db()).unwrap();
+    util::insert_rows(&mut c, 5, 0);
+    env.run(&args).expect_code(65);
+    assert_eq!(failures(&env)[0]["attempts"], 2);
+    assert!(!failures(&env)[0]["quarantined_at"].is_null());
+    assert_eq!(marked_ids(&env.db(), 64).len(), 204);
+}
+
+#[test]
+fn a_broker_remembered_as_mqtt_5_is_never_moved_to_3_1_1_by_a_close_and_a_protocol_answer_that_moves_it_is_said()
+ {
+    for (answer, reason, code) in [
+        (V5Connect::CloseWithoutConnack, 0u8, 69),
+        (V5Connect::Accept, 0x84, 0),
+    ] {
+        let env = TestEnv::new("remembered5");
+        env.seed(10);
+        let fake = FakeBroker::start(FakeConfig {
+            on_v5_connect: answer,
+            connack_reason: reason,
+            ..FakeConfig::default()
+        });
+        let (db, url) = (env.db_arg(), fake.url());
+        env.run(&["init", "--db", &db]).expect_code(0);
+        let key = format!("protocol:127.0.0.1:{}", fake.port);
+        let c = rusqlite::Connection::open(env.db()).unwrap();
+        c.execute(
+            "INSERT INTO frameflush_state (key, value) VALUES (?1, '5 1000')",
+            [&key],
+        )
+        .unwrap();
+        let run = env.run(&["flush", "--db", &db, "-L", &url, "--connect-timeout", "2"]);
+        run.expect_code(code);
+        if code == 69 {
+            // Closed twice: the fault it is; nothing sent under 3.1.1.
+            assert_eq!(fake.connects(), vec![5, 5], "{run:?}");
+            assert!(marked_ids(&env.db(), 64).is_empty());
+            assert_eq!(util::state(&env.db(), &key).as_deref(), Some("5 1000"));
+        } else {
+            assert!(
+                run.stderr.contains("answered MQTT 5 before")
+                    && run.stderr.contains("refusals are invisible"),
+                "{run:?}"
+            );
+            assert_eq!(fake.connects(), vec![5, 4]);
+            assert_eq!(marked_ids(&env.db(), 64).len(), 10);
+            assert!(util::state(&env.db(), &key).unwrap().starts_with("311 "));
+        }
+    }
 }

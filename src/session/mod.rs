@@ -6,8 +6,9 @@
 //! size of a PUBLISH on the wire, what a CONNACK, a PUBACK or a DISCONNECT
 //! can say) sits behind the small [`Wire`] trait, implemented in `v311` and
 //! `v5`. [`Session`] owns the rest: the protocol choice (`auto`: MQTT 5
-//! first, 3.1.1 when the broker does not speak 5, the answer remembered by
-//! the caller as an opaque string), the window (at most `--inflight`, and
+//! first, 3.1.1 when [`crate::blame::protocol`] says the broker answered as
+//! a 3.1.1-only one, the answer remembered by the caller as an opaque
+//! string; every attempt within the caller's deadline), the window (at most `--inflight`, and
 //! under MQTT 5 at most the broker's Receive Maximum), the Maximum Packet
 //! Size check before anything is sent, topic aliases, and the blame when a
 //! connection dies: the message the broker's DISCONNECT names, or the oldest
@@ -23,7 +24,9 @@
 //! capacity, so `try_publish` never meets a full channel. After any
 //! connection error the session is finished: rumqttc would reconnect by
 //! itself and, with a clean session, silently drop what was queued and in
-//! flight, so those rows stay unsent.
+//! flight, so those rows stay unsent. What rumqttc had read before the
+//! error (PUBACKs it queued in `state.events`) is handed out first, then
+//! the error.
 
 pub mod reason;
 mod v311;
@@ -32,6 +35,7 @@ mod v5;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::blame::{self, ProtocolVerdict, V5Answer};
 use crate::config::{Broker, Log};
 pub use crate::config::{Protocol, Wanted};
 use crate::error::{Error, Exit, Result};
@@ -41,6 +45,10 @@ use reason::Verdict;
 /// How often a broker remembered as 3.1.1-only is asked for MQTT 5 again
 /// (it may have been upgraded): once a day costs one refused CONNECT.
 pub const PROBE_INTERVAL_S: u64 = 24 * 3600;
+
+/// How long the DISCONNECT of a 3.1.1 connection made only to see whether
+/// the broker answers 3.1.1 may take.
+const PROBE_GOODBYE: Duration = Duration::from_millis(300);
 
 /// The rows one message carries: one row, or a whole Waspmote frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +145,13 @@ trait Wire {
     /// rumqttc 0.25.1's MQTT 5 state returns before its collision check on
     /// a failed reason code, so the collided PUBLISH must be sent by hand.
     fn release_collision(&mut self, _pkid: u16) {}
+    /// What rumqttc had already read and handled (PUBACKs the broker sent
+    /// before it closed) when it reported a read error: rumqttc 0.25.1
+    /// keeps those events in `state.events` and would hand them out only
+    /// after reconnecting.
+    fn leftovers(&mut self) -> Vec<Event> {
+        Vec::new()
+    }
 }
 
 /// One event, in the terms both protocol versions share.
@@ -176,6 +191,8 @@ pub enum Fault {
     Reset,
     /// No answer in time.
     Timeout,
+    /// No answer before the run's time ran out (`--max-time`).
+    OutOfTime,
     NoPingResp,
     /// The broker sent DISCONNECT with a reason code.
     ServerDisconnect {
@@ -202,14 +219,17 @@ impl Fault {
         }
     }
 
-    /// Whether this answer to an MQTT 5 CONNECT says the broker speaks only
-    /// 3.1.1 (RabbitMQ closes, aedes and amqtt send a 3.1.1 CONNACK that
-    /// rumqttc cannot parse, amqtt with a password stays silent).
-    fn means_no_v5(&self) -> bool {
+    /// This failure of an MQTT 5 CONNECT as evidence about the protocol
+    /// (aedes and amqtt send a 3.1.1 CONNACK that rumqttc cannot parse,
+    /// RabbitMQ closes, amqtt with a password stays silent).
+    fn v5_answer(&self) -> V5Answer {
         match self {
-            Fault::Closed | Fault::Reset | Fault::Timeout | Fault::Garbled(_) => true,
-            Fault::Connack(code) => reason::connack(*code).1,
-            _ => false,
+            Fault::Garbled(_) => V5Answer::Unsupported,
+            Fault::Connack(code) if reason::connack(*code).1 => V5Answer::Unsupported,
+            Fault::Connack(_) => V5Answer::Mqtt5,
+            Fault::Closed | Fault::Reset => V5Answer::Dropped,
+            Fault::Timeout => V5Answer::Silent,
+            _ => V5Answer::Unreachable,
         }
     }
 
@@ -254,6 +274,12 @@ impl Fault {
                     }
                 ),
             ),
+            Fault::OutOfTime => Error::new(
+                Exit::TempFail,
+                format!(
+                    "no CONNACK from broker {name} before the run's time ran out (--max-time + --ack-timeout); the rest waits for the next run"
+                ),
+            ),
             Fault::Closed | Fault::Reset => Error::new(
                 Exit::Unavailable,
                 format!(
@@ -288,6 +314,7 @@ impl Fault {
             Fault::Closed => "the broker closed the connection".into(),
             Fault::Reset => "the broker reset the connection".into(),
             Fault::Timeout => "the network timed out".into(),
+            Fault::OutOfTime => "the run's time ran out".into(),
             Fault::NoPingResp => "the broker stopped answering pings".into(),
             Fault::ServerDisconnect { code, reason } => format!(
                 "the broker disconnected with {}",
@@ -330,6 +357,8 @@ pub struct Broken {
     /// brokers (mosquitto with `max_queued_messages 0`) close the connection
     /// after refusing, and the message sent after it is not to blame.
     pub after_refusal: bool,
+    /// The reason code of the broker's DISCONNECT, if it sent one.
+    pub disconnect: Option<u8>,
 }
 
 /// The broker refused one message (MQTT 5 PUBACK reason code ≥ 0x80).
@@ -556,6 +585,10 @@ pub struct Session {
     refused_last: bool,
     /// SUBACKs and delivered messages not yet taken by [`Session::incoming`].
     incoming: VecDeque<Incoming>,
+    /// Events read before the connection failed, handed out before the
+    /// failure itself.
+    leftover: VecDeque<Event>,
+    fault: Option<Fault>,
 }
 
 /// Incoming events kept at most; older ones are dropped (only `check`
@@ -605,6 +638,21 @@ impl Session {
         remembered: Option<&str>,
         now: u64,
     ) -> Result<(Session, Option<String>)> {
+        Session::connect_until(o, remembered, now, None)
+    }
+
+    /// [`Session::connect`], waiting for nothing past `until`. Under
+    /// `auto` the protocol is decided by [`blame::protocol`]: an MQTT 3.1.1
+    /// answer (or CONNACK 0x84) falls back at once; a drop or silence does
+    /// only when it repeats on the next attempt with a 3.1.1 CONNECT
+    /// accepted right after each, and never for a broker remembered as
+    /// MQTT 5.
+    pub fn connect_until(
+        o: &Options<'_>,
+        remembered: Option<&str>,
+        now: u64,
+        until: Option<Instant>,
+    ) -> Result<(Session, Option<String>)> {
         let (_, name) = address(o.broker);
         let memory = remembered.and_then(parse_memory);
         let first = match o.wanted {
@@ -623,23 +671,82 @@ impl Session {
                 && !(p == Protocol::V311 && first == Protocol::V5);
             (o.wanted == Wanted::Auto && !known).then(|| format!("{} {now}", p.short()))
         };
-        match Session::connect_with(o, first, false) {
-            Ok(s) => Ok((s, learned(first))),
-            Err(fault)
-                if o.wanted == Wanted::Auto && first == Protocol::V5 && fault.means_no_v5() =>
-            {
-                if o.log.verbose {
-                    crate::sys::say!(
-                        "frameflush: broker {name} did not take an MQTT 5 CONNECT ({}); trying MQTT 3.1.1",
-                        fault.words()
-                    );
+        // Without a bound, each attempt waits --connect-timeout.
+        let until = until.unwrap_or_else(|| Instant::now() + Duration::from_secs(24 * 3600));
+        if o.wanted != Wanted::Auto || first == Protocol::V311 {
+            return match Session::connect_with(o, first, false, until) {
+                Ok(s) => Ok((s, learned(first))),
+                Err(f) => Err(f.connect_error(&name, o.broker, first, false)),
+            };
+        }
+        let remembered_v5 = matches!(memory, Some((Protocol::V5, _)));
+        let mut before = None;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let fault = match Session::connect_with(o, Protocol::V5, false, until) {
+                Ok(s) => return Ok((s, learned(Protocol::V5))),
+                Err(f) => f,
+            };
+            let answer = fault.v5_answer();
+            let out_of_time = Instant::now() >= until;
+            match blame::protocol(answer, remembered_v5, before, attempt) {
+                ProtocolVerdict::Mqtt5 | ProtocolVerdict::Fail => {
+                    return Err(fault.connect_error(&name, o.broker, Protocol::V5, false));
                 }
-                match Session::connect_with(o, Protocol::V311, false) {
-                    Ok(s) => Ok((s, learned(Protocol::V311))),
-                    Err(f) => Err(f.connect_error(&name, o.broker, Protocol::V311, true)),
+                _ if out_of_time => {
+                    return Err(Fault::OutOfTime.connect_error(
+                        &name,
+                        o.broker,
+                        Protocol::V5,
+                        false,
+                    ));
+                }
+                ProtocolVerdict::Retry => {
+                    if o.log.verbose {
+                        crate::sys::say!(
+                            "frameflush: broker {name} did not answer an MQTT 5 CONNECT ({}); it answered MQTT 5 before, so this is a fault, not its protocol: trying again",
+                            fault.words()
+                        );
+                    }
+                }
+                ProtocolVerdict::Fallback => {
+                    if remembered_v5 && !o.log.quiet {
+                        crate::sys::say!(
+                            "frameflush: broker {name} answered MQTT 5 before and now answers an MQTT 5 CONNECT as a 3.1.1-only broker ({}): using MQTT 3.1.1, under which the broker cannot say it refused a message (refusals are invisible)",
+                            fault.words()
+                        );
+                    } else if o.log.verbose {
+                        crate::sys::say!(
+                            "frameflush: broker {name} does not speak MQTT 5 ({}); using MQTT 3.1.1",
+                            fault.words()
+                        );
+                    }
+                    return match Session::connect_with(o, Protocol::V311, false, until) {
+                        Ok(s) => Ok((s, learned(Protocol::V311))),
+                        Err(f) => Err(f.connect_error(&name, o.broker, Protocol::V311, true)),
+                    };
+                }
+                ProtocolVerdict::Probe311 => {
+                    if o.log.verbose {
+                        crate::sys::say!(
+                            "frameflush: broker {name} did not answer an MQTT 5 CONNECT ({}); trying MQTT 3.1.1 to see whether it answers that at once",
+                            fault.words()
+                        );
+                    }
+                    match Session::connect_with(o, Protocol::V311, false, until) {
+                        Ok(mut s) => {
+                            s.goodbye(
+                                PROBE_GOODBYE.min(until.saturating_duration_since(Instant::now())),
+                            );
+                            before = Some(answer);
+                        }
+                        Err(f) => {
+                            return Err(f.connect_error(&name, o.broker, Protocol::V311, true));
+                        }
+                    }
                 }
             }
-            Err(fault) => Err(fault.connect_error(&name, o.broker, first, false)),
         }
     }
 
@@ -649,7 +756,8 @@ impl Session {
     /// connections accept little, as they only get acknowledgements).
     pub fn subscriber(o: &Options<'_>, protocol: Protocol) -> Result<Session> {
         let (_, name) = address(o.broker);
-        Session::connect_with(o, protocol, true)
+        let until = Instant::now() + o.broker.connect_timeout;
+        Session::connect_with(o, protocol, true, until)
             .map_err(|f| f.connect_error(&name, o.broker, protocol, false))
     }
 
@@ -657,11 +765,23 @@ impl Session {
         o: &Options<'_>,
         protocol: Protocol,
         receives: bool,
+        until: Instant,
     ) -> std::result::Result<Session, Fault> {
         let (addr, name) = address(o.broker);
-        let (wire, limits) = match protocol {
-            Protocol::V311 => v311::connect(o, addr, &name, receives)?,
-            Protocol::V5 => v5::connect(o, addr, &name, receives)?,
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Fault::OutOfTime);
+        }
+        let wait = o.broker.connect_timeout.min(left);
+        let connected = match protocol {
+            Protocol::V311 => v311::connect(o, addr, &name, receives, wait),
+            Protocol::V5 => v5::connect(o, addr, &name, receives, wait),
+        };
+        let (wire, limits) = match connected {
+            Err(Fault::Timeout) if wait < o.broker.connect_timeout => {
+                return Err(Fault::OutOfTime);
+            }
+            other => other?,
         };
         let window =
             usize::from(o.inflight).min(limits.receive_max.map_or(usize::MAX, usize::from));
@@ -678,6 +798,10 @@ impl Session {
                     limits.max_packet_size.map_or("none".into(), |v| v.to_string()),
                     limits.topic_alias_max
                 ));
+            } else {
+                said.push_str(
+                    " (MQTT 3.1.1: a broker cannot say it refused a message, so refusals are invisible)",
+                );
             }
             crate::sys::say!("{said}");
         }
@@ -698,6 +822,8 @@ impl Session {
             broken: false,
             refused_last: false,
             incoming: VecDeque::new(),
+            leftover: VecDeque::new(),
+            fault: None,
         })
     }
 
@@ -728,9 +854,10 @@ impl Session {
         self.incoming.pop_front()
     }
 
-    /// How many PUBLISHes may be unacknowledged at once.
+    /// How many PUBLISHes may be unacknowledged at once (none once the
+    /// connection failed and what it read before is being handed out).
     pub fn window(&self) -> usize {
-        self.window
+        if self.fault.is_some() { 0 } else { self.window }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -812,18 +939,37 @@ impl Session {
     /// session: what is in flight stays unsent, and the error says who is
     /// to blame.
     pub fn poll(&mut self, wait: Duration) -> std::result::Result<Polled, Broken> {
-        let event = match self.wire.next(wait) {
-            Next::Event(e) => e,
-            Next::Idle => return Ok(Polled::Idle),
-            Next::Failed(fault) => {
-                self.broken = true;
-                return Err(self.broken_by(fault));
-            }
-            Next::Ended => {
-                self.broken = true;
-                return Err(self.broken_by(Fault::Closed));
+        let event = if let Some(e) = self.leftover.pop_front() {
+            e
+        } else if let Some(fault) = self.fault.take() {
+            self.broken = true;
+            return Err(self.broken_by(fault));
+        } else {
+            let fault = match self.wire.next(wait) {
+                Next::Event(e) => return self.handle(e),
+                Next::Idle => return Ok(Polled::Idle),
+                Next::Failed(fault) => fault,
+                Next::Ended => Fault::Closed,
+            };
+            // What the broker said before it closed comes first (a PUBACK
+            // 0x87 right before mosquitto closes, PUBACKs of messages it
+            // took): the failure is reported once they are handled.
+            self.leftover.extend(self.wire.leftovers());
+            match self.leftover.pop_front() {
+                Some(e) => {
+                    self.fault = Some(fault);
+                    e
+                }
+                None => {
+                    self.broken = true;
+                    return Err(self.broken_by(fault));
+                }
             }
         };
+        self.handle(event)
+    }
+
+    fn handle(&mut self, event: Event) -> std::result::Result<Polled, Broken> {
         let step = match event {
             Event::Publish(pkid) => self
                 .tracker
@@ -850,6 +996,7 @@ impl Session {
                 blame: Blame::Nobody,
                 retry: false,
                 after_refusal: false,
+                disconnect: None,
             }
         })
     }
@@ -925,8 +1072,11 @@ impl Session {
                     ),
                 ),
                 blame,
-                retry: false,
+                // A code naming the message: a new connection goes on
+                // with the rest.
+                retry: blame::names_message(*code),
                 after_refusal: self.refused_last,
+                disconnect: Some(*code),
             };
         }
         if let Fault::Tls(e) = fault {
@@ -935,6 +1085,7 @@ impl Session {
                 blame: Blame::Nobody,
                 retry: false,
                 after_refusal: self.refused_last,
+                disconnect: None,
             };
         }
         let blame = match oldest {
@@ -953,6 +1104,7 @@ impl Session {
             blame,
             retry: true,
             after_refusal: self.refused_last,
+            disconnect: None,
         }
     }
 
@@ -977,7 +1129,7 @@ impl Session {
     }
 
     fn say_goodbye(&mut self, wait: Duration) {
-        if self.broken || !self.wire.disconnect() {
+        if self.broken || self.fault.is_some() || !self.wire.disconnect() {
             return;
         }
         let deadline = Instant::now() + wait;
@@ -1172,12 +1324,16 @@ mod tests {
     }
 
     #[test]
-    fn a_3_1_1_answer_to_an_mqtt_5_connect_means_fall_back_but_a_refused_password_does_not() {
-        assert!(Fault::Closed.means_no_v5());
-        assert!(Fault::Timeout.means_no_v5());
-        assert!(Fault::Garbled("x".into()).means_no_v5());
-        assert!(Fault::Connack(0x84).means_no_v5());
-        assert!(!Fault::Connack(0x86).means_no_v5());
-        assert!(!Fault::TcpRefused.means_no_v5());
+    fn only_a_3_1_1_answer_or_0x84_to_an_mqtt_5_connect_reads_as_a_protocol_answer() {
+        assert_eq!(Fault::Closed.v5_answer(), V5Answer::Dropped);
+        assert_eq!(Fault::Reset.v5_answer(), V5Answer::Dropped);
+        assert_eq!(Fault::Timeout.v5_answer(), V5Answer::Silent);
+        assert_eq!(
+            Fault::Garbled("x".into()).v5_answer(),
+            V5Answer::Unsupported
+        );
+        assert_eq!(Fault::Connack(0x84).v5_answer(), V5Answer::Unsupported);
+        assert_eq!(Fault::Connack(0x86).v5_answer(), V5Answer::Mqtt5);
+        assert_eq!(Fault::TcpRefused.v5_answer(), V5Answer::Unreachable);
     }
 }

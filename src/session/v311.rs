@@ -29,6 +29,7 @@ pub(super) fn connect(
     addr: String,
     name: &str,
     receives: bool,
+    wait: Duration,
 ) -> Result<(Box<dyn Wire>, Limits), Fault> {
     let broker = o.broker;
     let mut opts = MqttOptions::new(broker.client_id.clone(), addr, broker.port);
@@ -53,7 +54,7 @@ pub(super) fn connect(
     // The channel holds the whole window plus a DISCONNECT: try_publish
     // is never refused for a full channel.
     let (client, mut connection) = Client::new(opts, usize::from(o.inflight) + 4);
-    let secs = broker.connect_timeout.as_secs_f64().ceil().max(1.0) as u64;
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
     let mut net = connection.eventloop.network_options();
     net.set_connection_timeout(secs);
     connection.eventloop.set_network_options(net);
@@ -63,7 +64,7 @@ pub(super) fn connect(
         log: o.log,
         name: name.to_string(),
     };
-    let limits = await_connack(broker.connect_timeout, |left| {
+    let limits = await_connack(wait, |left| {
         match wire.connection.recv_timeout(left) {
             Ok(Ok(event)) => {
                 if o.log.debug {
@@ -81,6 +82,32 @@ pub(super) fn connect(
 }
 
 impl V311 {
+    /// rumqttc's event in the session's terms.
+    fn event(&self, event: Ev) -> Event {
+        match event {
+            Ev::Outgoing(Outgoing::Publish(pkid)) => Event::Publish(pkid),
+            Ev::Outgoing(Outgoing::AwaitAck(pkid)) => Event::AwaitAck(pkid),
+            Ev::Outgoing(Outgoing::Disconnect) => Event::Disconnect,
+            Ev::Incoming(Packet::PubAck(ack)) => Event::PubAck {
+                pkid: ack.pkid,
+                code: 0,
+                reason: None,
+            },
+            Ev::Incoming(Packet::SubAck(ack)) => Event::Incoming(Incoming::SubAck {
+                code: match ack.return_codes.first() {
+                    Some(SubscribeReasonCode::Success(qos)) => *qos as u8,
+                    Some(SubscribeReasonCode::Failure) | None => 0x80,
+                },
+                reason: None,
+            }),
+            Ev::Incoming(Packet::Publish(p)) => Event::Incoming(Incoming::Publish {
+                topic: p.topic,
+                payload: p.payload.to_vec(),
+            }),
+            _ => Event::Other,
+        }
+    }
+
     fn fault(&self, e: ConnectionError) -> Fault {
         if let Some(tls) = crate::tls::handshake_failure(&e, &self.name) {
             return Fault::Tls(tls);
@@ -129,28 +156,20 @@ impl Wire for V311 {
         if self.log.debug {
             crate::sys::say!("frameflush: mqtt: {event:?}");
         }
-        Next::Event(match event {
-            Ev::Outgoing(Outgoing::Publish(pkid)) => Event::Publish(pkid),
-            Ev::Outgoing(Outgoing::AwaitAck(pkid)) => Event::AwaitAck(pkid),
-            Ev::Outgoing(Outgoing::Disconnect) => Event::Disconnect,
-            Ev::Incoming(Packet::PubAck(ack)) => Event::PubAck {
-                pkid: ack.pkid,
-                code: 0,
-                reason: None,
-            },
-            Ev::Incoming(Packet::SubAck(ack)) => Event::Incoming(Incoming::SubAck {
-                code: match ack.return_codes.first() {
-                    Some(SubscribeReasonCode::Success(qos)) => *qos as u8,
-                    Some(SubscribeReasonCode::Failure) | None => 0x80,
-                },
-                reason: None,
-            }),
-            Ev::Incoming(Packet::Publish(p)) => Event::Incoming(Incoming::Publish {
-                topic: p.topic,
-                payload: p.payload.to_vec(),
-            }),
-            _ => Event::Other,
-        })
+        Next::Event(self.event(event))
+    }
+
+    fn leftovers(&mut self) -> Vec<Event> {
+        let events: Vec<Ev> = self.connection.eventloop.state.events.drain(..).collect();
+        events
+            .into_iter()
+            .map(|e| {
+                if self.log.debug {
+                    crate::sys::say!("frameflush: mqtt (read before the connection failed): {e:?}");
+                }
+                self.event(e)
+            })
+            .collect()
     }
 
     fn disconnect(&mut self) -> bool {

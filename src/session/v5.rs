@@ -42,6 +42,7 @@ pub(super) fn connect(
     addr: String,
     name: &str,
     receives: bool,
+    wait: Duration,
 ) -> Result<(Box<dyn Wire>, Limits), Fault> {
     let broker = o.broker;
     let mut opts = MqttOptions::new(broker.client_id.clone(), addr, broker.port);
@@ -49,7 +50,7 @@ pub(super) fn connect(
         0 => Duration::from_secs(u64::from(u16::MAX)),
         s => Duration::from_secs(s.max(5)),
     };
-    let secs = broker.connect_timeout.as_secs_f64().ceil().max(1.0) as u64;
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
     opts.set_keep_alive(keepalive)
         .set_clean_start(true)
         .set_connection_timeout(secs)
@@ -81,28 +82,26 @@ pub(super) fn connect(
         log: o.log,
         name: name.to_string(),
     };
-    let limits = await_connack(broker.connect_timeout, |left| {
-        match wire.connection.recv_timeout(left) {
-            Ok(Ok(event)) => {
-                if o.log.debug {
-                    crate::sys::say!("frameflush: mqtt: {event:?}");
-                }
-                let Ev::Incoming(Packet::ConnAck(ack)) = event else {
-                    return None;
-                };
-                let p = ack.properties.as_ref();
-                Some(Ok(Limits {
-                    receive_max: p.and_then(|p| p.receive_max),
-                    max_packet_size: p.and_then(|p| p.max_packet_size),
-                    topic_alias_max: p.and_then(|p| p.topic_alias_max).unwrap_or(0),
-                    max_qos: p.and_then(|p| p.max_qos),
-                    retain_available: p.and_then(|p| p.retain_available).map(|r| r != 0),
-                }))
+    let limits = await_connack(wait, |left| match wire.connection.recv_timeout(left) {
+        Ok(Ok(event)) => {
+            if o.log.debug {
+                crate::sys::say!("frameflush: mqtt: {event:?}");
             }
-            Ok(Err(e)) => Some(Err(wire.fault(e))),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => Some(Err(Fault::Closed)),
+            let Ev::Incoming(Packet::ConnAck(ack)) = event else {
+                return None;
+            };
+            let p = ack.properties.as_ref();
+            Some(Ok(Limits {
+                receive_max: p.and_then(|p| p.receive_max),
+                max_packet_size: p.and_then(|p| p.max_packet_size),
+                topic_alias_max: p.and_then(|p| p.topic_alias_max).unwrap_or(0),
+                max_qos: p.and_then(|p| p.max_qos),
+                retain_available: p.and_then(|p| p.retain_available).map(|r| r != 0),
+            }))
         }
+        Ok(Err(e)) => Some(Err(wire.fault(e))),
+        Err(RecvTimeoutError::Timeout) => None,
+        Err(RecvTimeoutError::Disconnected) => Some(Err(Fault::Closed)),
     })?;
     Ok((Box::new(wire), limits))
 }
@@ -166,6 +165,29 @@ fn puback_code(r: PubAckReason) -> u8 {
 }
 
 impl V5 {
+    /// rumqttc's event in the session's terms.
+    fn event(&self, event: Ev) -> Event {
+        match event {
+            Ev::Outgoing(Outgoing::Publish(pkid)) => Event::Publish(pkid),
+            Ev::Outgoing(Outgoing::AwaitAck(pkid)) => Event::AwaitAck(pkid),
+            Ev::Outgoing(Outgoing::Disconnect) => Event::Disconnect,
+            Ev::Incoming(Packet::PubAck(ack)) => Event::PubAck {
+                pkid: ack.pkid,
+                code: puback_code(ack.reason),
+                reason: ack.properties.and_then(|p| p.reason_string),
+            },
+            Ev::Incoming(Packet::SubAck(ack)) => Event::Incoming(Incoming::SubAck {
+                code: ack.return_codes.first().map_or(0x80, suback_code),
+                reason: ack.properties.and_then(|p| p.reason_string),
+            }),
+            Ev::Incoming(Packet::Publish(p)) => Event::Incoming(Incoming::Publish {
+                topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                payload: p.payload.to_vec(),
+            }),
+            _ => Event::Other,
+        }
+    }
+
     fn fault(&self, e: ConnectionError) -> Fault {
         if let Some(tls) = crate::tls::handshake_failure_v5(&e, &self.name) {
             return Fault::Tls(tls);
@@ -224,25 +246,20 @@ impl Wire for V5 {
         if self.log.debug {
             crate::sys::say!("frameflush: mqtt: {event:?}");
         }
-        Next::Event(match event {
-            Ev::Outgoing(Outgoing::Publish(pkid)) => Event::Publish(pkid),
-            Ev::Outgoing(Outgoing::AwaitAck(pkid)) => Event::AwaitAck(pkid),
-            Ev::Outgoing(Outgoing::Disconnect) => Event::Disconnect,
-            Ev::Incoming(Packet::PubAck(ack)) => Event::PubAck {
-                pkid: ack.pkid,
-                code: puback_code(ack.reason),
-                reason: ack.properties.and_then(|p| p.reason_string),
-            },
-            Ev::Incoming(Packet::SubAck(ack)) => Event::Incoming(Incoming::SubAck {
-                code: ack.return_codes.first().map_or(0x80, suback_code),
-                reason: ack.properties.and_then(|p| p.reason_string),
-            }),
-            Ev::Incoming(Packet::Publish(p)) => Event::Incoming(Incoming::Publish {
-                topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                payload: p.payload.to_vec(),
-            }),
-            _ => Event::Other,
-        })
+        Next::Event(self.event(event))
+    }
+
+    fn leftovers(&mut self) -> Vec<Event> {
+        let events: Vec<Ev> = self.connection.eventloop.state.events.drain(..).collect();
+        events
+            .into_iter()
+            .map(|e| {
+                if self.log.debug {
+                    crate::sys::say!("frameflush: mqtt (read before the connection failed): {e:?}");
+                }
+                self.event(e)
+            })
+            .collect()
     }
 
     fn disconnect(&mut self) -> bool {

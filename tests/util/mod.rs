@@ -765,6 +765,13 @@ pub enum Fault {
     /// Relay this many PUBACKs to the client, then swallow every further
     /// one (the connection stays up).
     SwallowPubAcksAfter(usize),
+    /// The first connection is closed as soon as the client's CONNECT came
+    /// (not relayed); later ones are relayed faithfully.
+    CloseFirstAfterConnect,
+    /// The first connection is relayed for this long, then cut; every
+    /// later one is accepted and never answered (what the client sends is
+    /// read and dropped).
+    CutThenMute(Duration),
 }
 
 /// A TCP proxy on 127.0.0.1 between frameflush and a broker, injecting a
@@ -790,12 +797,39 @@ impl Proxy {
         let thread = std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(300);
             let mut pumps = Vec::new();
+            let mut accepted = 0usize;
             while !s.load(Ordering::SeqCst) && Instant::now() < deadline {
                 let Ok((client, _)) = listener.accept() else {
                     std::thread::sleep(Duration::from_millis(5));
                     continue;
                 };
                 client.set_nonblocking(false).unwrap();
+                accepted += 1;
+                match fault {
+                    Fault::CloseFirstAfterConnect if accepted == 1 => {
+                        let mut c = client;
+                        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+                        let _ = c.read(&mut [0u8; 1024]);
+                        let _ = c.shutdown(std::net::Shutdown::Both);
+                        continue;
+                    }
+                    Fault::CutThenMute(_) if accepted > 1 => {
+                        let s3 = s.clone();
+                        pumps.push(std::thread::spawn(move || mute(client, &s3)));
+                        continue;
+                    }
+                    Fault::CutThenMute(after) => {
+                        let (c3, s3) = (client.try_clone().unwrap(), s.clone());
+                        pumps.push(std::thread::spawn(move || {
+                            let until = Instant::now() + after;
+                            while Instant::now() < until && !s3.load(Ordering::SeqCst) {
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                            let _ = c3.shutdown(std::net::Shutdown::Both);
+                        }));
+                    }
+                    _ => {}
+                }
                 let Ok(broker) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     continue;
                 };
@@ -833,6 +867,27 @@ impl Proxy {
                 stop,
                 thread: Some(thread),
             },
+        }
+    }
+}
+
+/// Reads and drops what the client sends, answering nothing, until it
+/// closes (or the proxy stops).
+fn mute(mut client: TcpStream, stop: &AtomicBool) {
+    client
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    while !stop.load(Ordering::SeqCst) {
+        match client.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
         }
     }
 }
@@ -1196,4 +1251,58 @@ pub fn wait_received(sub: &Subscriber, prefix: &str, want: &BTreeSet<i64>) -> BT
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A value of frameflush's own state table (`suspects:64`, `protocol:…`),
+/// or None.
+pub fn state(db: &Path, key: &str) -> Option<String> {
+    let c = Connection::open(db).ok()?;
+    c.query_row(
+        "SELECT value FROM frameflush_state WHERE key = ?1",
+        [key],
+        |r| r.get(0),
+    )
+    .ok()
+}
+
+/// Appends `frames` Waspmote frames of six readings each (TC, HUM, PRES,
+/// BAT, CO2, NO2), the table's frame `f` (counted from its first row)
+/// from node_{f % 5}: a node's readings are adjacent rows, as a gateway's
+/// parser writes them.
+pub fn insert_frames(c: &mut Connection, frames: usize, sync: i64) {
+    // Frames go on from the last one: node numbers follow the ids.
+    let first: i64 = c
+        .query_row("SELECT COALESCE(MAX(id), 0) FROM sensorParser", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let first = (first / 6) as usize;
+    let tx = c.transaction().unwrap();
+    {
+        let mut st = tx
+            .prepare(
+                "INSERT INTO sensorParser (id_wasp, id_secret, frame_type, frame_number, sensor, value, timestamp, sync, raw)
+                 VALUES (?1, '400577471', 134, ?2, ?3, ?4, '2026-11-24 10:00:00', ?5, 'noraw')",
+            )
+            .unwrap();
+        let sensors = ["TC", "HUM", "PRES", "BAT", "CO2", "NO2"];
+        for f in first..first + frames {
+            for (i, sensor) in sensors.iter().enumerate() {
+                st.execute(rusqlite::params![
+                    format!("node_{:02}", f % 5),
+                    (f % 256) as i64,
+                    sensor,
+                    format!("{}.{:02}", 20 + f % 10, i),
+                    sync
+                ])
+                .unwrap();
+            }
+        }
+    }
+    tx.commit().unwrap();
+}
+
+/// The node of row `id` in a table filled only by [`insert_frames`].
+pub fn frame_node(id: i64) -> i64 {
+    ((id - 1) / 6) % 5
 }
