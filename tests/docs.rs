@@ -511,3 +511,62 @@ fn an_option_written_as_option_equals_value_gets_the_two_argument_form() {
     run.expect_code(64)
         .expect_one_error_line("Unrecognized argument");
 }
+
+/// The keys the man page names in the `--json` paragraph of a command's
+/// options (`.SS "flush options"` ... `.TP` `.B \-\-json` ... the next
+/// `.TP` or section): every bold word written like a JSON key.
+fn man_json_keys(command: &str) -> BTreeSet<String> {
+    let man = read("man/frameflush.1");
+    let section = man
+        .split(&format!(".SS \"{command} options\"\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no .SS \"{command} options\""));
+    let section = section.split("\n.SS ").next().unwrap();
+    let paragraph = section
+        .split(".TP\n.B \\-\\-json\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no --json paragraph under {command} options"));
+    let paragraph = paragraph.split("\n.TP").next().unwrap();
+    paragraph
+        .lines()
+        .filter_map(|l| l.strip_prefix(".BR ").or_else(|| l.strip_prefix(".B ")))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .filter(|w| {
+            !["null", "true", "false"].contains(w)
+                && w.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every key of an object, at every level (arrays by their elements).
+fn all_keys(v: &Value, out: &mut BTreeSet<String>) {
+    match v {
+        Value::Object(o) => {
+            for (k, v) in o {
+                out.insert(k.clone());
+                all_keys(v, out);
+            }
+        }
+        Value::Array(a) => a.iter().for_each(|v| all_keys(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_man_pages_json_paragraphs_name_every_key_flush_and_status_print_and_no_other() {
+    let out = outputs();
+    for (command, name) in [("flush", "flush --json"), ("status", "status --json")] {
+        let real = &out.objects.iter().find(|(n, _)| *n == name).unwrap().1;
+        let mut printed = BTreeSet::new();
+        all_keys(real, &mut printed);
+        let documented = man_json_keys(command);
+        assert_eq!(
+            documented,
+            printed,
+            "{command} --json: only in the man page {:?}, only in the program's output {:?}",
+            documented.difference(&printed).collect::<Vec<_>>(),
+            printed.difference(&documented).collect::<Vec<_>>()
+        );
+    }
+}
