@@ -15,22 +15,28 @@ use argh::FromArgs;
     note = "Run `frameflush <command> --help` for the options of a command. `frameflush --version` prints the version.",
     error_code(0, "every selected row acknowledged and marked, or nothing to send"),
     error_code(64, "bad command line"),
-    error_code(65, "some rows could not be turned into a message (the rest went out)"),
+    error_code(
+        65,
+        "some rows could not be sent: not a valid message, over the broker's packet size limit, or refused by the broker for the message itself (they stay unsent; the rest went out)"
+    ),
     error_code(66, "database (file, MySQL database) or table missing"),
-    error_code(69, "broker unreachable (refused, timed out, DNS)"),
+    error_code(
+        69,
+        "broker unreachable (refused, timed out, DNS, no CONNACK), unavailable, or taking no QoS 1"
+    ),
     error_code(
         74,
         "database or its lock file unreadable or unwritable, or the MySQL server unreachable"
     ),
     error_code(
         75,
-        "partial: connection lost, acks not all in before the deadline, or another run holds the lock"
+        "partial: connection lost, acks not all in before the deadline, the broker wants no more for now, another run holds the lock, or the database stayed locked"
     ),
     error_code(
         77,
-        "the broker refused the credentials or the client id, or the MySQL server the database login"
+        "the broker refused the credentials or the client id, or (MQTT 5) a message for permission: its ACL refuses the topic; or the MySQL server refused the database login or a privilege a run needs"
     ),
-    error_code(78, "invalid configuration")
+    error_code(78, "invalid configuration (config file, template, password setup)")
 )]
 pub struct Cli {
     #[argh(subcommand)]
@@ -59,22 +65,28 @@ pub enum Command {
     note = "Topic placeholders: {{id}} {{id_wasp}} {{id_secret}} {{frame_type}} {{frame_number}} {{sensor}} {{value}} {{timestamp}}; {{{{ and }}}} stand for literal braces. The password comes from the environment variable FRAMEFLUSH_PASSWORD or from --pw-file, never from the command line; a MySQL password likewise from FRAMEFLUSH_DB_PASSWORD or --db-pw-file. A successful run prints nothing.",
     error_code(0, "every selected row acknowledged and marked, or nothing to send"),
     error_code(64, "bad command line"),
-    error_code(65, "some rows could not be turned into a message (the rest went out)"),
+    error_code(
+        65,
+        "some rows could not be sent: not a valid message, over the broker's packet size limit, or refused by the broker for the message itself (they stay unsent; the rest went out)"
+    ),
     error_code(66, "database (file, MySQL database) or table missing"),
-    error_code(69, "broker unreachable (refused, timed out, DNS)"),
+    error_code(
+        69,
+        "broker unreachable (refused, timed out, DNS, no CONNACK), unavailable, or taking no QoS 1"
+    ),
     error_code(
         74,
         "database or its lock file unreadable or unwritable, or the MySQL server unreachable"
     ),
     error_code(
         75,
-        "partial: connection lost, acks not all in before the deadline, or another run holds the lock"
+        "partial: connection lost, acks not all in before the deadline, the broker wants no more for now, another run holds the lock, or the database stayed locked"
     ),
     error_code(
         77,
-        "the broker refused the credentials or the client id, or the MySQL server the database login"
+        "the broker refused the credentials or the client id, or (MQTT 5) a message for permission: its ACL refuses the topic; or the MySQL server refused the database login or a privilege a run needs"
     ),
-    error_code(78, "invalid configuration")
+    error_code(78, "invalid configuration (config file, template, password setup)")
 )]
 pub struct FlushArgs {
     /// the database holding the sensorParser table: an SQLite file, or mysql://USER@HOST[:PORT]/DATABASE[?socket=PATH] (in a build with the mysql feature)
@@ -277,6 +289,67 @@ fn flush_value_options() -> Vec<String> {
         }
     }
     out
+}
+
+/// The line for an `--option=value` argument that argh rejected
+/// ("Unrecognized argument"): argh takes an option's value as the next
+/// argument only. `None` when no argument has that form with a known
+/// option of the command (or of frameflush itself) before the `=`.
+/// The value is shown but for --db and --url, which may hold a password by
+/// mistake.
+pub fn equals_form_hint(args: &[&str]) -> Option<String> {
+    let sub = args.iter().find(|a| !a.starts_with('-')).copied();
+    let help_args: Vec<&str> = sub.into_iter().chain(["--help"]).collect();
+    let help = match Cli::from_args(&["frameflush"], &help_args) {
+        Err(early) if early.status.is_ok() => early.output,
+        _ => String::new(),
+    };
+    let usage = help.lines().next().unwrap_or_default();
+    for arg in args.iter().take_while(|a| **a != "--") {
+        let Some((name, value)) = arg.split_once('=') else {
+            continue;
+        };
+        if !name.starts_with("--") || name.len() < 3 {
+            continue;
+        }
+        let shown = if matches!(name, "--db" | "--url") {
+            "VALUE"
+        } else {
+            value
+        };
+        // The options list pairs a long name with its short one
+        // (`-t, --topic`); the usage line shows the short one when there is
+        // one: `[-t <topic>]` for a value, `[-v]` for a switch.
+        let Some(names) = help
+            .lines()
+            .filter(|l| l.starts_with("  -"))
+            .map(|l| {
+                l.split_whitespace()
+                    .take_while(|w| w.starts_with('-'))
+                    .map(|w| w.trim_end_matches(','))
+                    .collect::<Vec<_>>()
+            })
+            .find(|names| names.contains(&name))
+        else {
+            continue;
+        };
+        if names.iter().any(|n| usage.contains(&format!("{n} <"))) {
+            return Some(format!(
+                "`{arg_shown}`: write the option and its value as two arguments, `{name} {shown}`",
+                arg_shown = if shown == value {
+                    arg.to_string()
+                } else {
+                    format!("{name}=...")
+                }
+            ));
+        }
+        if names.iter().any(|n| usage.contains(&format!("[{n}]"))) {
+            return Some(format!(
+                "`{name}` takes no value: write `{name}` alone, without `={shown}`"
+            ));
+        }
+    }
+    None
 }
 
 /// flush's help text made check's.
@@ -518,6 +591,30 @@ mod tests {
         assert_eq!(c.flush.topic.as_deref(), Some("--no-publish"));
         assert!(check(&["--no-publish=1"]).is_err());
         assert!(check(&["--no-publish", "yes"]).is_err());
+    }
+
+    #[test]
+    fn an_option_written_with_equals_gets_the_two_argument_form() {
+        assert_eq!(
+            equals_form_hint(&["flush", "--db", "x.db", "--port=1884"]).as_deref(),
+            Some("`--port=1884`: write the option and its value as two arguments, `--port 1884`")
+        );
+        assert_eq!(
+            equals_form_hint(&["check", "--topic=a/b"]).as_deref(),
+            Some("`--topic=a/b`: write the option and its value as two arguments, `--topic a/b`")
+        );
+        assert_eq!(
+            equals_form_hint(&["status", "--db=x.db"]).as_deref(),
+            Some("`--db=...`: write the option and its value as two arguments, `--db VALUE`")
+        );
+        assert_eq!(
+            equals_form_hint(&["flush", "--json=yes"]).as_deref(),
+            Some("`--json` takes no value: write `--json` alone, without `=yes`")
+        );
+        // Not an option of the command, or after `--`, or a value with '='.
+        assert_eq!(equals_form_hint(&["flush", "--colour=red"]), None);
+        assert_eq!(equals_form_hint(&["flush", "--", "--port=1"]), None);
+        assert_eq!(equals_form_hint(&["flush", "--topic", "a=b", "x"]), None);
     }
 
     #[test]

@@ -770,10 +770,24 @@ impl Config {
             Some(f) if f.v.is_empty() => return Err(f.bad("is empty: give the password file")),
             Some(f) => {
                 let path = Path::new(&f.v);
-                let secret = read_password_file(path)?;
-                warnings.extend(secret_file_warning(path, "password file"));
-                password_from = Some(format!("the file {}", path.display()));
-                Some(secret)
+                // No user name and a password file that is absent or empty:
+                // a broker without authentication. The units always pass
+                // --pw-file, and their credential is empty when the
+                // administrator's password file is missing or empty.
+                let absent = std::fs::metadata(path)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+                if username.is_none() && absent {
+                    None
+                } else {
+                    let secret = read_password_file(path)?;
+                    if username.is_none() && secret.0.is_empty() {
+                        None
+                    } else {
+                        warnings.extend(secret_file_warning(path, "password file"));
+                        password_from = Some(format!("the file {}", path.display()));
+                        Some(secret)
+                    }
+                }
             }
             None => match env(PASSWORD_ENV) {
                 None => None,
@@ -796,7 +810,8 @@ impl Config {
             }
             if username.is_none() {
                 return Err(Error::config(
-                    "a password is set but no user name: MQTT sends a password only with --username",
+                    "a password is set but no user name: MQTT sends a password only with --username \
+                     (for a broker without authentication, leave the password file empty)",
                 ));
             }
         }
@@ -1176,6 +1191,49 @@ mod tests {
             c.broker.password.as_ref().map(Secret::expose),
             Some("s3cret")
         );
+    }
+
+    #[test]
+    fn an_empty_or_absent_password_file_without_a_user_name_means_no_authentication() {
+        let dir = std::env::temp_dir().join(format!("frameflush-pw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty");
+        let newline = dir.join("newline");
+        let set = dir.join("set");
+        std::fs::write(&empty, "").unwrap();
+        std::fs::write(&newline, "\n").unwrap();
+        std::fs::write(&set, "s3cret\n").unwrap();
+        let absent = dir.join("absent");
+        for file in [&empty, &newline, &absent] {
+            let mut a = args("x.db");
+            a.pw_file = Some(file.display().to_string());
+            let c = Config::build(&a, &no_env).unwrap();
+            assert!(c.broker.password.is_none(), "{}", file.display());
+            assert!(c.broker.password_from.is_none());
+            assert!(c.broker.username.is_none());
+        }
+        // A password without a user name stays a configuration error.
+        let mut a = args("x.db");
+        a.pw_file = Some(set.display().to_string());
+        let e = Config::build(&a, &no_env).map(|_| ()).unwrap_err();
+        assert_eq!(e.exit, Exit::Config);
+        assert!(e.message.contains("no user name"), "{}", e.message);
+        assert!(!e.message.contains("s3cret"));
+        // With a user name, an absent file is an error (a typo in the path),
+        // and an empty one an empty password.
+        a.username = Some("u".into());
+        a.pw_file = Some(absent.display().to_string());
+        let e = Config::build(&a, &no_env).map(|_| ()).unwrap_err();
+        assert_eq!(e.exit, Exit::Config);
+        assert!(
+            e.message.contains("cannot read password file"),
+            "{}",
+            e.message
+        );
+        a.pw_file = Some(empty.display().to_string());
+        let c = Config::build(&a, &no_env).unwrap();
+        assert_eq!(c.broker.password.as_ref().map(Secret::expose), Some(""));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -66,6 +66,10 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(()) => {
+                    if let Some(hint) = cli::equals_form_hint(&rest) {
+                        crate::sys::say!("frameflush: error: {hint} (see `frameflush --help`)");
+                        return ExitCode::from(Exit::Usage.code());
+                    }
                     let why: Vec<&str> = early.output.split_whitespace().collect();
                     crate::sys::say!(
                         "frameflush: error: {} (see `frameflush --help`)",

@@ -121,7 +121,7 @@ fn a_bad_config_file_gives_78_and_one_line_naming_the_problem() {
             "config key \"url\"",
         ),
         (
-            "{\"db\": \"sensors.db\", \"pw-file\": \"missing-file\"}",
+            "{\"db\": \"sensors.db\", \"username\": \"u\", \"pw-file\": \"missing-file\"}",
             "cannot read password file",
         ),
     ];

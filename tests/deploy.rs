@@ -514,3 +514,84 @@ fn the_crontabs_mail_on_failure_alternative_is_silent_when_all_is_well() {
         "{bad:#?}"
     );
 }
+
+/// The units' credential setup for a broker without authentication: the
+/// LoadCredential= of the password has a SetCredential= fallback of the
+/// same name whose value is one empty line (systemd.exec(5), systemd 252: a
+/// missing file is then no failure; systemd 252 takes no empty value), and
+/// frameflush,
+/// given the example config (no user name) and an empty or absent password
+/// file, delivers to an anonymous broker; a non-empty one without a user
+/// name stays exit 78, before any connection.
+#[test]
+fn with_no_password_file_or_an_empty_one_the_units_and_the_example_config_serve_an_anonymous_broker()
+ {
+    for unit in SERVICES {
+        let text = read(&repo("scripts").join(unit));
+        let load = values(&text, "LoadCredential");
+        assert_eq!(load.len(), 1, "{unit}: {load:?}");
+        let id = load[0].split(':').next().unwrap();
+        assert_eq!(
+            values(&text, "SetCredential"),
+            [format!("{id}:\\n")],
+            "{unit}"
+        );
+        assert!(
+            values(&text, "ExecStart")[0]
+                .contains(&format!("--pw-file ${{CREDENTIALS_DIRECTORY}}/{id}")),
+            "{unit}"
+        );
+    }
+    let example: serde_json::Value =
+        serde_json::from_str(&read(&repo("scripts/config.example.json"))).unwrap();
+    assert!(
+        example.get("username").is_none(),
+        "the example config sets a user name"
+    );
+
+    let env = TestEnv::new("anonymous");
+    let broker = util::Broker::start(&env);
+    let sub = util::Subscriber::connect(broker.port, "sensors/#");
+    let mut config = example.clone();
+    config["db"] = env.db_arg().into();
+    config["host"] = "127.0.0.1".into();
+    config["port"] = broker.port.into();
+    let config = env.write("config.json", &config.to_string());
+    // What the unit passes when the file is missing (SetCredential='s
+    // value), when it is empty, and a cron job's --pw-file naming no file.
+    let fallback = env.write("fallback-credential", "\n");
+    let empty = env.write("empty-credential", "");
+    let absent = env.path("absent-password");
+    let mut delivered = 0;
+    for (i, pw) in [&fallback, &empty, &absent].into_iter().enumerate() {
+        let mut db = env.seed(0);
+        util::insert_rows(&mut db, 4, 0);
+        drop(db);
+        let run = env.run(&[
+            "flush",
+            "--config",
+            config.to_str().unwrap(),
+            "--pw-file",
+            pw.to_str().unwrap(),
+        ]);
+        run.expect_code(0);
+        assert_eq!(run.stderr, "", "{run:#?}");
+        delivered += 4;
+        assert_eq!(
+            sub.wait_for(delivered, Duration::from_secs(10)).len(),
+            delivered,
+            "run {i}"
+        );
+    }
+    let set = env.write("set-password", "s3cret\n");
+    let run = env.run(&[
+        "flush",
+        "--config",
+        config.to_str().unwrap(),
+        "--pw-file",
+        set.to_str().unwrap(),
+    ]);
+    run.expect_code(78)
+        .expect_one_error_line("a password is set but no user name");
+    assert!(!run.stderr.contains("s3cret"));
+}
