@@ -382,7 +382,8 @@ fn target(
             if !cfg!(feature = "mysql") {
                 return Err(db.bad(
                     "names a MySQL database, but this frameflush was built without MySQL \
-                     support: build it with `cargo build --release --features mysql`",
+                     support: install the package frameflush-mysql instead, or build it with \
+                     `cargo build --release --features mysql`",
                 ));
             }
             m.password = match db_pw_file {
@@ -1331,5 +1332,10 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.exit, Exit::Usage);
         assert!(e.message.contains("--features mysql"), "{}", e.message);
+        assert!(
+            e.message.contains("package frameflush-mysql"),
+            "{}",
+            e.message
+        );
     }
 }
