@@ -34,17 +34,19 @@ use crate::batch::{
 };
 use crate::config::{Config, Group, Log};
 use crate::error::{Error, Exit, Result};
+use crate::marker::{MAX_UNMARKED, Marking};
 use crate::session::reason::Verdict;
 use crate::session::{Blame, Broken, Message, Options, Polled, Refusal, Rows, Session, Unsent};
 use crate::source::Source;
 use crate::summary::Summary;
 
-/// Acknowledged rows are marked at least this often, however slow the link.
-const MARK_INTERVAL: Duration = Duration::from_secs(1);
+use crate::marker::MARK_INTERVAL;
 /// How long the DISCONNECT may take to go out. With it, a run lasts at most
 /// `--max-time` + `--ack-timeout` + this (50 + 5 + 1 s by default: under
 /// cron's minute).
 const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
+/// How often a publishing loop paused by [`MAX_UNMARKED`] looks again.
+const CAPPED_POLL: Duration = Duration::from_millis(2);
 /// Suspects remembered per destination at most, and tried alone per run.
 const MAX_SUSPECTS: usize = 8;
 
@@ -148,6 +150,10 @@ pub struct Drain<'a> {
     oldest_unmarked_ack: Option<Instant>,
     /// Refused by the broker, to be recorded with the next marking.
     refused: Vec<(i64, String)>,
+    /// The marking thread, started with the first acknowledgement.
+    marking: Option<Marking>,
+    /// Rows marked before this drain began.
+    marked_before: u64,
     last_progress: Instant,
     progress: Progress,
     /// PUBLISHes handed over (a frame message carries several rows), for
@@ -203,6 +209,7 @@ impl<'a> Drain<'a> {
             Some(s) => s.split(' ').filter_map(|id| id.parse().ok()).collect(),
             None => Vec::new(),
         };
+        let marked_before = summary.marked;
         Ok(Drain {
             cfg,
             db,
@@ -215,6 +222,8 @@ impl<'a> Drain<'a> {
             acked: Vec::with_capacity(cfg.batch.min(usize::from(cfg.inflight).max(64) * 4)),
             oldest_unmarked_ack: None,
             refused: Vec::new(),
+            marking: None,
+            marked_before,
             last_progress: Instant::now(),
             progress: Progress::new(cfg.log),
             messages: 0,
@@ -462,6 +471,14 @@ impl<'a> Drain<'a> {
             } else {
                 None
             };
+            let capped = publishing && self.capped();
+            if capped && session.in_flight() == 0 {
+                // Nothing to read from the broker: wait for the marks.
+                if let Some(m) = &self.marking {
+                    m.wait_below(MAX_UNMARKED, self.cfg.ack_timeout)?;
+                }
+                continue;
+            }
             let nothing_left = self.queue.is_empty() && !self.more;
             if session.in_flight() == 0 && (nothing_left || !publishing) {
                 return Ok(());
@@ -477,6 +494,10 @@ impl<'a> Drain<'a> {
             if let Some(due) = rate_wait {
                 wake = wake.min(due);
             }
+            if capped {
+                // Look again soon: a commit makes room.
+                wake = wake.min(Instant::now() + CAPPED_POLL);
+            }
             match session.poll(wake.saturating_duration_since(Instant::now())) {
                 Ok(Polled::Acked(rows)) => self.on_ack(rows),
                 Ok(Polled::Refused(r)) => self.on_refusal(r),
@@ -489,13 +510,8 @@ impl<'a> Drain<'a> {
                 }
                 Err(broken) => self.on_lost(session, broken)?,
             }
+            self.hand_off()?;
             self.progress.tick(&*self.db, self.summary, self.start);
-            let due = self
-                .oldest_unmarked_ack
-                .is_some_and(|t| t.elapsed() >= MARK_INTERVAL);
-            if self.acked.len() >= self.cfg.batch || due {
-                self.mark()?;
-            }
         }
     }
 
@@ -539,7 +555,7 @@ impl<'a> Drain<'a> {
         } else {
             session.window()
         };
-        while session.in_flight() < window {
+        while session.in_flight() < window && !self.capped() {
             if let Some(r) = self.cfg.rate {
                 let due = self.rate_start + Duration::from_secs_f64(self.messages as f64 / r);
                 if Instant::now() < due {
@@ -814,7 +830,38 @@ impl<'a> Drain<'a> {
         self.summary.quarantined += quarantined;
     }
 
-    /// Marks what was acknowledged and records what was refused.
+    /// Hands what was acknowledged to the marking thread (started with the
+    /// first acknowledgement: a run that gets none opens no second
+    /// connection), and counts what it committed.
+    fn hand_off(&mut self) -> Result<()> {
+        if self.acked.is_empty() {
+            return Ok(());
+        }
+        self.oldest_unmarked_ack = None;
+        if self.marking.is_none() {
+            let marker = self.db.marker()?;
+            self.marking = Some(Marking::start(
+                marker,
+                self.cfg.batch,
+                self.cfg.log.verbose,
+            )?);
+        }
+        if let Some(m) = &self.marking {
+            m.hand(&mut self.acked)?;
+            self.summary.marked = self.marked_before + m.marked();
+        }
+        Ok(())
+    }
+
+    /// Acknowledged rows not yet committed as marked reached
+    /// [`MAX_UNMARKED`]: nothing more is published until a commit makes
+    /// room.
+    fn capped(&self) -> bool {
+        self.acked.len() + self.marking.as_ref().map_or(0, Marking::unmarked) >= MAX_UNMARKED
+    }
+
+    /// Marks what was acknowledged (waiting for the marking thread's
+    /// commit) and records what was refused.
     fn mark(&mut self) -> Result<()> {
         self.oldest_unmarked_ack = None;
         if !self.refused.is_empty() {
@@ -822,19 +869,10 @@ impl<'a> Drain<'a> {
             let quarantined = self.db.record_failures(&refused, self.cfg.max_attempts)?;
             self.note_quarantined(quarantined);
         }
-        if self.acked.is_empty() {
-            return Ok(());
+        self.hand_off()?;
+        if let Some(m) = &self.marking {
+            self.summary.marked = self.marked_before + m.flush()?;
         }
-        let n = self.db.mark(&self.acked)?;
-        self.summary.marked += n as u64;
-        if self.cfg.log.verbose {
-            crate::sys::say!(
-                "frameflush: marked {} row(s) sent ({} so far)",
-                self.acked.len(),
-                self.summary.marked
-            );
-        }
-        self.acked.clear();
         Ok(())
     }
 
@@ -850,6 +888,8 @@ impl<'a> Drain<'a> {
         if let Err(e) = self.mark() {
             failure.get_or_insert(e);
         }
+        // The marking thread ends; its connection closes.
+        self.marking = None;
         // Not proven guilty: tried alone again by the next run, and the run
         // did not deliver everything.
         for (rows, _) in std::mem::take(&mut self.pending_charges) {

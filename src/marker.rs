@@ -1,0 +1,385 @@
+//! Marking off the publishing path: a thread of its own commits the marks of
+//! acknowledged rows, on a connection of its own to the source
+//! ([`crate::source::Marker`]), while the publishing loop goes on reading
+//! PUBACKs and refilling the window.
+//!
+//! The hand-off is a short list under a mutex: the drain appends the ids the
+//! broker acknowledged ([`Marking::hand`]); the thread takes everything
+//! there is and commits it in one transaction (group commit: the longer a
+//! commit takes, the more rows the next one carries), as soon as `--batch`
+//! rows are waiting or the oldest has waited [`MARK_INTERVAL`], or when the
+//! drain asks for everything to be committed ([`Marking::flush`]: before a
+//! reconnect selects rows again, and at the end of the run). The drain never
+//! waits for a commit but there.
+//!
+//! The rows acknowledged and not yet committed are bounded:
+//! [`Marking::unmarked`] counts them, and the drain publishes nothing while
+//! they reach [`MAX_UNMARKED`]. A run killed at any moment therefore sends
+//! again at most the window plus that many rows.
+//!
+//! Rows count as marked only once their transaction committed. A marking
+//! error stops the thread; the drain gets it at its next hand-off and the
+//! run ends with it, as when marks were made on the publishing loop.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Exit, Result};
+use crate::source::Marker;
+
+/// Acknowledged rows are committed as marked at least this often, however
+/// slow the link.
+pub const MARK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Rows acknowledged by the broker and not yet committed as marked, at most:
+/// publishing pauses while this many wait. With the window, the most a
+/// killed run sends again (README, "Duplicates are bounded").
+pub const MAX_UNMARKED: usize = 4000;
+
+#[derive(Default)]
+struct State {
+    /// Handed over, not yet being committed.
+    pending: Vec<i64>,
+    /// When the oldest of `pending` was handed over.
+    since: Option<Instant>,
+    /// Rows in the transaction under way.
+    committing: usize,
+    /// Rows committed as marked (as the source counted them).
+    marked: u64,
+    /// The first marking error; the thread stops at it.
+    error: Option<Error>,
+    /// Commit what is pending now, without waiting for `--batch` rows.
+    flush: bool,
+    /// No more rows come: commit what is left and end.
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The thread waits on it for rows (or a flush, or the end).
+    work: Condvar,
+    /// The drain waits on it for commits.
+    done: Condvar,
+    /// Handed over and not yet committed: `pending` plus `committing`, read
+    /// by the drain without the lock before each PUBLISH.
+    unmarked: AtomicUsize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic in the marking thread poisons the lock; what it guards
+        // (counts and a list of ids) is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The marking thread and its hand-off, for one run.
+pub struct Marking {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    batch: usize,
+}
+
+impl Marking {
+    /// Starts the thread that commits marks through `marker`, `batch` rows
+    /// (or what waited [`MARK_INTERVAL`]) at least per commit; `verbose`:
+    /// one line per commit.
+    pub fn start(marker: Box<dyn Marker>, batch: usize, verbose: bool) -> Result<Marking> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            unmarked: AtomicUsize::new(0),
+        });
+        let theirs = Arc::clone(&shared);
+        let batch = batch.max(1);
+        let thread = std::thread::Builder::new()
+            .name("frameflush-mark".into())
+            .spawn(move || commit_loop(&theirs, marker, batch, verbose))
+            .map_err(|e| {
+                Error::new(
+                    Exit::TempFail,
+                    format!("cannot start the marking thread: {e}"),
+                )
+            })?;
+        Ok(Marking {
+            shared,
+            thread: Some(thread),
+            batch,
+        })
+    }
+
+    /// Hands acknowledged ids over (emptying `ids`). Fails with the
+    /// marking error, if one came.
+    pub fn hand(&self, ids: &mut Vec<i64>) -> Result<()> {
+        let mut st = self.shared.lock();
+        if let Some(e) = &st.error {
+            return Err(e.clone());
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let before = st.pending.len();
+        st.pending.append(ids);
+        st.since.get_or_insert_with(Instant::now);
+        self.shared
+            .unmarked
+            .fetch_add(st.pending.len() - before, Ordering::Release);
+        // Wake the thread only when it has something to do: the first rows
+        // start its interval, a full batch is committed; not once per row.
+        if before == 0 || (before < self.batch && st.pending.len() >= self.batch) {
+            self.shared.work.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Rows handed over and not yet committed.
+    pub fn unmarked(&self) -> usize {
+        self.shared.unmarked.load(Ordering::Acquire)
+    }
+
+    /// Rows committed as marked so far.
+    pub fn marked(&self) -> u64 {
+        self.shared.lock().marked
+    }
+
+    /// Waits, at most `limit`, until fewer than `cap` rows are unmarked (or
+    /// the marking failed).
+    pub fn wait_below(&self, cap: usize, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(e) = &st.error {
+                return Err(e.clone());
+            }
+            let now = Instant::now();
+            if self.unmarked() < cap || now >= deadline {
+                return Ok(());
+            }
+            // Not waiting for a batch to fill up: the drain is waiting.
+            st.flush = true;
+            self.shared.work.notify_one();
+            st = match self.shared.done.wait_timeout(st, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// Commits everything handed over and waits for it. Returns the rows
+    /// committed as marked so far, or the marking error.
+    pub fn flush(&self) -> Result<u64> {
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(e) = &st.error {
+                return Err(e.clone());
+            }
+            if st.pending.is_empty() && st.committing == 0 {
+                return Ok(st.marked);
+            }
+            st.flush = true;
+            self.shared.work.notify_one();
+            st = match self.shared.done.wait(st) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+    }
+}
+
+impl Drop for Marking {
+    /// What was handed over is committed, then the thread ends.
+    fn drop(&mut self) {
+        {
+            let mut st = self.shared.lock();
+            st.closed = true;
+            self.shared.work.notify_one();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The marking thread: waits for rows, commits them, until closed or the
+/// first error.
+fn commit_loop(shared: &Shared, mut marker: Box<dyn Marker>, batch: usize, verbose: bool) {
+    let mut ids: Vec<i64> = Vec::new();
+    let mut st = shared.lock();
+    loop {
+        if st.error.is_some() {
+            break;
+        }
+        let due = st.flush
+            || st.closed
+            || st.pending.len() >= batch
+            || st.since.is_some_and(|t| t.elapsed() >= MARK_INTERVAL);
+        if !st.pending.is_empty() && due {
+            std::mem::swap(&mut st.pending, &mut ids);
+            st.since = None;
+            st.committing = ids.len();
+            drop(st);
+            let result = marker.commit_marks(&ids);
+            st = shared.lock();
+            st.committing = 0;
+            shared.unmarked.fetch_sub(ids.len(), Ordering::Release);
+            match result {
+                Ok(n) => {
+                    st.marked += n as u64;
+                    if verbose {
+                        crate::sys::say!(
+                            "frameflush: marked {} row(s) sent ({} so far)",
+                            ids.len(),
+                            st.marked
+                        );
+                    }
+                }
+                Err(e) => st.error = Some(e),
+            }
+            ids.clear();
+            shared.done.notify_all();
+            continue;
+        }
+        if st.pending.is_empty() {
+            st.flush = false;
+            shared.done.notify_all();
+            if st.closed {
+                break;
+            }
+        }
+        st = match st.since {
+            Some(t) => {
+                let left = (t + MARK_INTERVAL).saturating_duration_since(Instant::now());
+                match shared.work.wait_timeout(st, left) {
+                    Ok((g, _)) => g,
+                    Err(p) => p.into_inner().0,
+                }
+            }
+            None => match shared.work.wait(st) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            },
+        };
+    }
+    shared.done.notify_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The commits a fake made, each a list of ids.
+    type Commits = Arc<Mutex<Vec<Vec<i64>>>>;
+
+    /// Marks into a shared list, each commit taking `delay`, failing from
+    /// the `fail_at`-th commit on.
+    struct Fake {
+        marked: Commits,
+        delay: Duration,
+        fail_at: Option<usize>,
+    }
+
+    impl Marker for Fake {
+        fn commit_marks(&mut self, ids: &[i64]) -> Result<usize> {
+            std::thread::sleep(self.delay);
+            let mut m = self.marked.lock().unwrap();
+            if self.fail_at.is_some_and(|f| m.len() >= f) {
+                return Err(Error::new(Exit::IoErr, "disk full"));
+            }
+            m.push(ids.to_vec());
+            Ok(ids.len())
+        }
+    }
+
+    fn fake(delay_ms: u64, fail_at: Option<usize>) -> (Box<dyn Marker>, Commits) {
+        let marked = Arc::new(Mutex::new(Vec::new()));
+        let f = Fake {
+            marked: Arc::clone(&marked),
+            delay: Duration::from_millis(delay_ms),
+            fail_at,
+        };
+        (Box::new(f), marked)
+    }
+
+    #[test]
+    fn a_flush_commits_everything_handed_over_and_counts_it_only_then() {
+        let (m, commits) = fake(20, None);
+        let marking = Marking::start(m, 100, false).unwrap();
+        let mut ids: Vec<i64> = (1..=10).collect();
+        marking.hand(&mut ids).unwrap();
+        assert!(ids.is_empty());
+        assert_eq!(marking.unmarked(), 10);
+        assert_eq!(marking.flush().unwrap(), 10);
+        assert_eq!(marking.unmarked(), 0);
+        assert_eq!(
+            commits.lock().unwrap().concat(),
+            (1..=10).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_slow_commit_makes_the_next_one_carry_more_rows() {
+        let (m, commits) = fake(30, None);
+        let marking = Marking::start(m, 10, false).unwrap();
+        for chunk in (1..=200i64).collect::<Vec<_>>().chunks(10) {
+            marking.hand(&mut chunk.to_vec()).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(marking.flush().unwrap(), 200);
+        let commits = commits.lock().unwrap();
+        assert_eq!(commits.concat(), (1..=200).collect::<Vec<_>>());
+        assert!(
+            commits.len() < 20 && commits.iter().any(|c| c.len() > 10),
+            "{:?}",
+            commits.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn fewer_rows_than_a_batch_are_committed_after_the_interval_without_a_flush() {
+        let (m, commits) = fake(0, None);
+        let marking = Marking::start(m, 1000, false).unwrap();
+        marking.hand(&mut vec![7, 8]).unwrap();
+        let t = Instant::now();
+        while commits.lock().unwrap().is_empty() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(t.elapsed() >= MARK_INTERVAL - Duration::from_millis(100));
+        assert_eq!(commits.lock().unwrap().concat(), vec![7, 8]);
+        assert_eq!(marking.marked(), 2);
+    }
+
+    #[test]
+    fn a_marking_error_reaches_the_drain_and_the_rows_do_not_count() {
+        let (m, _) = fake(0, Some(1));
+        let marking = Marking::start(m, 1, false).unwrap();
+        marking.hand(&mut vec![1]).unwrap();
+        assert_eq!(marking.flush().unwrap(), 1);
+        marking.hand(&mut vec![2]).unwrap();
+        let e = marking.flush().unwrap_err();
+        assert_eq!(e.exit, Exit::IoErr);
+        assert_eq!(marking.marked(), 1);
+        assert!(marking.hand(&mut vec![3]).is_err());
+        assert!(marking.wait_below(1, Duration::from_secs(5)).is_err());
+    }
+
+    #[test]
+    fn waiting_below_the_cap_returns_once_the_commit_made_room() {
+        let (m, _) = fake(50, None);
+        let marking = Marking::start(m, 1000, false).unwrap();
+        marking.hand(&mut (1..=500).collect()).unwrap();
+        marking.wait_below(100, Duration::from_secs(10)).unwrap();
+        assert!(marking.unmarked() < 100);
+    }
+
+    #[test]
+    fn dropping_the_marking_commits_what_was_handed_over() {
+        let (m, commits) = fake(10, None);
+        let marking = Marking::start(m, 1000, false).unwrap();
+        marking.hand(&mut vec![1, 2, 3]).unwrap();
+        drop(marking);
+        assert_eq!(commits.lock().unwrap().concat(), vec![1, 2, 3]);
+    }
+}
