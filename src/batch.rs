@@ -97,18 +97,24 @@ pub fn next_rows(cfg: &Config, db: &dyn Source, after: i64, selected: u64) -> Re
         });
     }
     let rows = db.select_unsent(after, want)?;
+    Ok(chunk_of(cfg, rows, want))
+}
+
+/// The chunk `rows` make, `want` of them asked for: the last frame held
+/// back when it may go on (`--group frame`).
+pub fn chunk_of(cfg: &Config, rows: Vec<Row>, want: usize) -> Chunk {
     let full = rows.len() == want;
     let got = rows.len();
     let rows = hold_back(cfg, rows, full);
     if cfg.group == Group::Frame && full && rows.len() == got && want < cfg.batch {
         // --limit cut this chunk short inside what may be one frame: the
         // frame waits for the next run rather than go out in halves.
-        return Ok(Chunk {
+        return Chunk {
             rows: Vec::new(),
             more: false,
-        });
+        };
     }
-    Ok(Chunk { rows, more: full })
+    Chunk { rows, more: full }
 }
 
 /// Renders rows into messages (one per row, or one per frame); rows that

@@ -30,7 +30,8 @@ use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::batch::{
-    Chunk, MAX_ROW_ERRORS_SHOWN, chunk_log, next_rows, render_and_record, split_frames,
+    Chunk, MAX_ROW_ERRORS_SHOWN, chunk_log, chunk_of, next_chunk, next_rows, render_and_record,
+    split_frames,
 };
 use crate::config::{Config, Group, Log};
 use crate::error::{Error, Exit, Result};
@@ -531,7 +532,15 @@ impl<'a> Drain<'a> {
 
     /// The next chunk from the source, once the current one has gone out.
     fn refill(&mut self) -> Result<()> {
-        let chunk = next_rows(self.cfg, &*self.db, self.after, self.summary.selected)?;
+        let want = next_chunk(self.cfg, self.summary.selected);
+        let ahead = match &self.marking {
+            Some(m) if want > 0 => m.take_read(self.after, want),
+            _ => None,
+        };
+        let chunk = match ahead {
+            Some(rows) => chunk_of(self.cfg, rows?, want),
+            None => next_rows(self.cfg, &*self.db, self.after, self.summary.selected)?,
+        };
         // Rows selected before (or suspects, counted when isolated) are not
         // counted again.
         let fresh = chunk
@@ -543,7 +552,21 @@ impl<'a> Drain<'a> {
         if let Some(last) = chunk.rows.last() {
             self.high_water = self.high_water.max(last.id);
         }
-        self.take(chunk)
+        self.take(chunk)?;
+        self.read_ahead();
+        Ok(())
+    }
+
+    /// Asks the marking thread to read the next chunk while this one goes
+    /// out.
+    fn read_ahead(&self) {
+        let want = next_chunk(self.cfg, self.summary.selected);
+        if let Some(m) = &self.marking
+            && self.more
+            && want > 0
+        {
+            m.read_ahead(self.after, want);
+        }
     }
 
     /// Hands messages to the session up to its window, no faster than
@@ -840,11 +863,14 @@ impl<'a> Drain<'a> {
         self.oldest_unmarked_ack = None;
         if self.marking.is_none() {
             let marker = self.db.marker()?;
+            // A commit starts at half the cap at the latest: the drain
+            // never waits on a batch that cannot fill up.
             self.marking = Some(Marking::start(
                 marker,
-                self.cfg.batch,
+                self.cfg.batch.min(MAX_UNMARKED / 2),
                 self.cfg.log.verbose,
             )?);
+            self.read_ahead();
         }
         if let Some(m) = &self.marking {
             m.hand(&mut self.acked)?;

@@ -27,6 +27,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Exit, Result};
+use crate::row::Row;
 use crate::source::Marker;
 
 /// Acknowledged rows are committed as marked at least this often, however
@@ -54,6 +55,12 @@ struct State {
     flush: bool,
     /// No more rows come: commit what is left and end.
     closed: bool,
+    /// The chunk to read ahead (`after`, `limit`), and whether the thread
+    /// has still to start reading it.
+    read_key: Option<(i64, usize)>,
+    read_queued: bool,
+    /// What reading `read_key` gave.
+    read: Option<Result<Vec<Row>>>,
 }
 
 struct Shared {
@@ -135,6 +142,47 @@ impl Marking {
         Ok(())
     }
 
+    /// Asks for the chunk of up to `limit` rows after `after` to be read
+    /// now, on the thread's connection (reads go before commits: the
+    /// window waits for them), for [`Marking::take_read`]. In a rollback
+    /// journal, reads and commits on two connections would wait for each
+    /// other's locks.
+    pub fn read_ahead(&self, after: i64, limit: usize) {
+        let mut st = self.shared.lock();
+        st.read_key = Some((after, limit));
+        st.read_queued = true;
+        st.read = None;
+        self.shared.work.notify_one();
+    }
+
+    /// The chunk read ahead for exactly `after` and `limit`, waiting for
+    /// it if it is being read; `None` when that was not asked for (or the
+    /// thread stopped): the caller reads it itself.
+    pub fn take_read(&self, after: i64, limit: usize) -> Option<Result<Vec<Row>>> {
+        let mut st = self.shared.lock();
+        if st.read_key != Some((after, limit)) {
+            st.read_key = None;
+            st.read_queued = false;
+            st.read = None;
+            return None;
+        }
+        loop {
+            if let Some(read) = st.read.take() {
+                st.read_key = None;
+                return Some(read);
+            }
+            if st.error.is_some() {
+                st.read_key = None;
+                st.read_queued = false;
+                return None;
+            }
+            st = match self.shared.done.wait(st) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+    }
+
     /// Rows handed over and not yet committed.
     pub fn unmarked(&self) -> usize {
         self.shared.unmarked.load(Ordering::Acquire)
@@ -211,6 +259,19 @@ fn commit_loop(shared: &Shared, mut marker: Box<dyn Marker>, batch: usize, verbo
     loop {
         if st.error.is_some() {
             break;
+        }
+        if st.read_queued
+            && let Some((after, limit)) = st.read_key
+        {
+            st.read_queued = false;
+            drop(st);
+            let read = marker.read_ahead(after, limit);
+            st = shared.lock();
+            if st.read_key == Some((after, limit)) && !st.read_queued {
+                st.read = Some(read);
+            }
+            shared.done.notify_all();
+            continue;
         }
         let due = st.flush
             || st.closed
@@ -290,6 +351,15 @@ mod tests {
             }
             m.push(ids.to_vec());
             Ok(ids.len())
+        }
+
+        fn read_ahead(&self, after: i64, limit: usize) -> Result<Vec<Row>> {
+            Ok((after + 1..=after + limit as i64)
+                .map(|id| Row {
+                    id,
+                    fields: Default::default(),
+                })
+                .collect())
         }
     }
 
@@ -372,6 +442,23 @@ mod tests {
         marking.hand(&mut (1..=500).collect()).unwrap();
         marking.wait_below(100, Duration::from_secs(10)).unwrap();
         assert!(marking.unmarked() < 100);
+    }
+
+    #[test]
+    fn a_chunk_read_ahead_is_given_for_the_same_place_only() {
+        let (m, _) = fake(0, None);
+        let marking = Marking::start(m, 100, false).unwrap();
+        marking.read_ahead(200, 3);
+        let rows = marking.take_read(200, 3).unwrap().unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [201, 202, 203]
+        );
+        assert!(marking.take_read(203, 3).is_none(), "nothing was asked for");
+        marking.read_ahead(203, 3);
+        // A reconnect moved the place back: the chunk read ahead is dropped.
+        assert!(marking.take_read(150, 3).is_none());
+        assert!(marking.take_read(203, 3).is_none());
     }
 
     #[test]

@@ -127,6 +127,10 @@ pub struct LastRun {
 pub trait Marker: Send {
     /// Marks the rows as [`Source::mark`] does, committed when it returns.
     fn commit_marks(&mut self, ids: &[i64]) -> Result<usize>;
+
+    /// As [`Source::select_unsent`], on this connection: the next chunk
+    /// read ahead, beside the publishing loop.
+    fn read_ahead(&self, after: i64, limit: usize) -> Result<Vec<Row>>;
 }
 
 /// One database holding `sensorParser`, opened for one destination bit at

@@ -571,6 +571,10 @@ impl Marker for Mysql {
         self.query_drop("mark rows in", "COMMIT")?;
         Ok(n)
     }
+
+    fn read_ahead(&self, after: i64, limit: usize) -> Result<Vec<Row>> {
+        self.select_unsent(after, limit)
+    }
 }
 
 impl Source for Mysql {

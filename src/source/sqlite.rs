@@ -324,6 +324,10 @@ impl Marker for Sqlite {
     fn commit_marks(&mut self, ids: &[i64]) -> Result<usize> {
         Source::mark(self, ids)
     }
+
+    fn read_ahead(&self, after: i64, limit: usize) -> Result<Vec<Row>> {
+        self.select_unsent(after, limit)
+    }
 }
 
 impl Source for Sqlite {

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 
 pub mod fake_mqtt;
+pub mod slow_fsync;
 
 /// The binary under test: `FRAMEFLUSH_BIN` when set (scripts/test-package
 /// runs the suite against the packaged binary), else the one cargo built.
