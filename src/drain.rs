@@ -538,7 +538,13 @@ impl<'a> Drain<'a> {
             _ => None,
         };
         let chunk = match ahead {
-            Some(rows) => chunk_of(self.cfg, rows?, want),
+            Some(rows) => {
+                let (chunk, rest) = chunk_of(self.cfg, rows?, want);
+                if let (Some(m), Some(last)) = (&self.marking, chunk.rows.last()) {
+                    m.put_back(last.id, rest);
+                }
+                chunk
+            }
             None => next_rows(self.cfg, &*self.db, self.after, self.summary.selected)?,
         };
         // Rows selected before (or suspects, counted when isolated) are not
@@ -557,15 +563,14 @@ impl<'a> Drain<'a> {
         Ok(())
     }
 
-    /// Asks the marking thread to read the next chunk while this one goes
+    /// Asks the marking thread to read the next chunks while this one goes
     /// out.
     fn read_ahead(&self) {
-        let want = next_chunk(self.cfg, self.summary.selected);
         if let Some(m) = &self.marking
             && self.more
-            && want > 0
+            && next_chunk(self.cfg, self.summary.selected) > 0
         {
-            m.read_ahead(self.after, want);
+            m.read_ahead(self.after);
         }
     }
 

@@ -21,6 +21,7 @@
 //! error stops the thread; the drain gets it at its next hand-off and the
 //! run ends with it, as when marks were made on the publishing loop.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -39,6 +40,11 @@ pub const MARK_INTERVAL: Duration = Duration::from_secs(1);
 /// killed run sends again (README, "Duplicates are bounded").
 pub const MAX_UNMARKED: usize = 4000;
 
+/// Rows read ahead per SELECT of the marking thread: a commit in progress
+/// delays the next read, so the rows read ahead must last longer than a
+/// slow commit.
+const READ_AHEAD: usize = 2000;
+
 #[derive(Default)]
 struct State {
     /// Handed over, not yet being committed.
@@ -55,12 +61,48 @@ struct State {
     flush: bool,
     /// No more rows come: commit what is left and end.
     closed: bool,
-    /// The chunk to read ahead (`after`, `limit`), and whether the thread
-    /// has still to start reading it.
-    read_key: Option<(i64, usize)>,
-    read_queued: bool,
-    /// What reading `read_key` gave.
-    read: Option<Result<Vec<Row>>>,
+    /// Rows read ahead: the next unsent rows after `ahead_after`, in id
+    /// order (`None`: nothing read ahead).
+    ahead_after: Option<i64>,
+    ahead: VecDeque<Row>,
+    /// The last read came short: no row after those in `ahead`.
+    ahead_complete: bool,
+    /// A read to make: after this id, of [`READ_AHEAD`] rows, for this
+    /// generation (a reset drops what an older one reads).
+    read_queued: Option<i64>,
+    reading: bool,
+    generation: u64,
+    read_error: Option<Error>,
+}
+
+impl State {
+    /// Forgets what was read ahead (the drain goes on elsewhere).
+    fn reset_ahead(&mut self) {
+        self.ahead_after = None;
+        self.ahead.clear();
+        self.ahead_complete = false;
+        self.read_queued = None;
+        self.read_error = None;
+        self.generation += 1;
+    }
+
+    /// Asks for more rows after those held, unless enough are held or
+    /// coming.
+    fn refill_ahead(&mut self, work: &Condvar) {
+        let Some(after) = self.ahead_after else {
+            return;
+        };
+        if self.ahead_complete
+            || self.reading
+            || self.read_queued.is_some()
+            || self.read_error.is_some()
+            || self.ahead.len() >= READ_AHEAD / 2
+        {
+            return;
+        }
+        self.read_queued = Some(self.ahead.back().map_or(after, |r| r.id));
+        work.notify_one();
+    }
 }
 
 struct Shared {
@@ -142,45 +184,68 @@ impl Marking {
         Ok(())
     }
 
-    /// Asks for the chunk of up to `limit` rows after `after` to be read
-    /// now, on the thread's connection (reads go before commits: the
+    /// Starts reading the unsent rows after `after` ahead, on the thread's
+    /// connection ([`READ_AHEAD`] at a time; reads go before commits: the
     /// window waits for them), for [`Marking::take_read`]. In a rollback
     /// journal, reads and commits on two connections would wait for each
-    /// other's locks.
-    pub fn read_ahead(&self, after: i64, limit: usize) {
+    /// other's locks. Nothing new when rows after `after` are already held.
+    pub fn read_ahead(&self, after: i64) {
         let mut st = self.shared.lock();
-        st.read_key = Some((after, limit));
-        st.read_queued = true;
-        st.read = None;
-        self.shared.work.notify_one();
+        if st.ahead_after != Some(after) {
+            st.reset_ahead();
+            st.ahead_after = Some(after);
+        }
+        st.refill_ahead(&self.shared.work);
     }
 
-    /// The chunk read ahead for exactly `after` and `limit`, waiting for
-    /// it if it is being read; `None` when that was not asked for (or the
-    /// thread stopped): the caller reads it itself.
+    /// The next `limit` unsent rows after `after` (fewer at the table's
+    /// end), from those read ahead, waiting for them if they are being
+    /// read; `None` when what is held starts elsewhere (or the thread
+    /// stopped): the caller reads them itself.
     pub fn take_read(&self, after: i64, limit: usize) -> Option<Result<Vec<Row>>> {
         let mut st = self.shared.lock();
-        if st.read_key != Some((after, limit)) {
-            st.read_key = None;
-            st.read_queued = false;
-            st.read = None;
+        if st.ahead_after != Some(after) {
+            st.reset_ahead();
             return None;
         }
         loop {
-            if let Some(read) = st.read.take() {
-                st.read_key = None;
-                return Some(read);
+            if let Some(e) = st.read_error.take() {
+                st.reset_ahead();
+                return Some(Err(e));
+            }
+            if st.ahead.len() >= limit || st.ahead_complete {
+                let n = limit.min(st.ahead.len());
+                let rows: Vec<Row> = st.ahead.drain(..n).collect();
+                if let Some(last) = rows.last() {
+                    st.ahead_after = Some(last.id);
+                }
+                st.refill_ahead(&self.shared.work);
+                return Some(Ok(rows));
             }
             if st.error.is_some() {
-                st.read_key = None;
-                st.read_queued = false;
+                st.reset_ahead();
                 return None;
             }
+            st.refill_ahead(&self.shared.work);
             st = match self.shared.done.wait(st) {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
             };
         }
+    }
+
+    /// Rows [`Marking::take_read`] gave that the drain leaves for the next
+    /// chunk (a frame a chunk cut: `--group frame`): they are the first
+    /// given next, after `after`.
+    pub fn put_back(&self, after: i64, rows: Vec<Row>) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut st = self.shared.lock();
+        for row in rows.into_iter().rev() {
+            st.ahead.push_front(row);
+        }
+        st.ahead_after = Some(after);
     }
 
     /// Rows handed over and not yet committed.
@@ -260,15 +325,21 @@ fn commit_loop(shared: &Shared, mut marker: Box<dyn Marker>, batch: usize, verbo
         if st.error.is_some() {
             break;
         }
-        if st.read_queued
-            && let Some((after, limit)) = st.read_key
-        {
-            st.read_queued = false;
+        if let Some(after) = st.read_queued.take() {
+            let generation = st.generation;
+            st.reading = true;
             drop(st);
-            let read = marker.read_ahead(after, limit);
+            let read = marker.read_ahead(after, READ_AHEAD);
             st = shared.lock();
-            if st.read_key == Some((after, limit)) && !st.read_queued {
-                st.read = Some(read);
+            st.reading = false;
+            if st.generation == generation {
+                match read {
+                    Ok(rows) => {
+                        st.ahead_complete = rows.len() < READ_AHEAD;
+                        st.ahead.extend(rows);
+                    }
+                    Err(e) => st.read_error = Some(e),
+                }
             }
             shared.done.notify_all();
             continue;
@@ -448,17 +519,20 @@ mod tests {
     fn a_chunk_read_ahead_is_given_for_the_same_place_only() {
         let (m, _) = fake(0, None);
         let marking = Marking::start(m, 100, false).unwrap();
-        marking.read_ahead(200, 3);
+        marking.read_ahead(200);
+        let ids = |rows: &[Row]| rows.iter().map(|r| r.id).collect::<Vec<_>>();
         let rows = marking.take_read(200, 3).unwrap().unwrap();
-        assert_eq!(
-            rows.iter().map(|r| r.id).collect::<Vec<_>>(),
-            [201, 202, 203]
-        );
-        assert!(marking.take_read(203, 3).is_none(), "nothing was asked for");
-        marking.read_ahead(203, 3);
-        // A reconnect moved the place back: the chunk read ahead is dropped.
+        assert_eq!(ids(&rows), [201, 202, 203]);
+        let mut rows = marking.take_read(203, 3).unwrap().unwrap();
+        assert_eq!(ids(&rows), [204, 205, 206]);
+        // A frame cut by the chunk waits for the next one.
+        let tail = rows.split_off(1);
+        marking.put_back(204, tail);
+        let rows = marking.take_read(204, 3).unwrap().unwrap();
+        assert_eq!(ids(&rows), [205, 206, 207]);
+        // A reconnect moved the place back: what was read ahead is dropped.
         assert!(marking.take_read(150, 3).is_none());
-        assert!(marking.take_read(203, 3).is_none());
+        assert!(marking.take_read(207, 3).is_none());
     }
 
     #[test]
