@@ -61,6 +61,8 @@ struct State {
     flush: bool,
     /// No more rows come: commit what is left and end.
     closed: bool,
+    /// The thread has ended (an error, the end, or a panic).
+    stopped: bool,
     /// Rows read ahead: the next unsent rows after `ahead_after`, in id
     /// order (`None`: nothing read ahead).
     ahead_after: Option<i64>,
@@ -86,9 +88,9 @@ impl State {
         self.generation += 1;
     }
 
-    /// Asks for more rows after those held, unless enough are held or
-    /// coming.
-    fn refill_ahead(&mut self, work: &Condvar) {
+    /// Asks for more rows after those held, unless `need` (and half a
+    /// read) are held, or more are coming.
+    fn refill_ahead(&mut self, work: &Condvar, need: usize) {
         let Some(after) = self.ahead_after else {
             return;
         };
@@ -96,7 +98,7 @@ impl State {
             || self.reading
             || self.read_queued.is_some()
             || self.read_error.is_some()
-            || self.ahead.len() >= READ_AHEAD / 2
+            || self.ahead.len() >= need.max(READ_AHEAD / 2)
         {
             return;
         }
@@ -121,6 +123,24 @@ impl Shared {
         // A panic in the marking thread poisons the lock; what it guards
         // (counts and a list of ids) is still consistent.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Set when the thread ends however it ends (a panic too): nobody waits
+/// for it then.
+struct Stopped<'a>(&'a Shared);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.stopped = true;
+        if st.error.is_none() && !st.closed {
+            st.error = Some(Error::new(
+                Exit::IoErr,
+                "the marking thread stopped unexpectedly; the rows it had not marked stay unsent",
+            ));
+        }
+        self.0.done.notify_all();
     }
 }
 
@@ -195,7 +215,7 @@ impl Marking {
             st.reset_ahead();
             st.ahead_after = Some(after);
         }
-        st.refill_ahead(&self.shared.work);
+        st.refill_ahead(&self.shared.work, 0);
     }
 
     /// The next `limit` unsent rows after `after` (fewer at the table's
@@ -219,14 +239,15 @@ impl Marking {
                 if let Some(last) = rows.last() {
                     st.ahead_after = Some(last.id);
                 }
-                st.refill_ahead(&self.shared.work);
+                st.refill_ahead(&self.shared.work, limit);
                 return Some(Ok(rows));
             }
-            if st.error.is_some() {
+            if st.error.is_some() || st.stopped {
                 st.reset_ahead();
                 return None;
             }
-            st.refill_ahead(&self.shared.work);
+            // More than is held: a chunk larger than a read (--batch).
+            st.refill_ahead(&self.shared.work, limit);
             st = match self.shared.done.wait(st) {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
@@ -292,6 +313,9 @@ impl Marking {
             if st.pending.is_empty() && st.committing == 0 {
                 return Ok(st.marked);
             }
+            if st.stopped {
+                return Ok(st.marked);
+            }
             st.flush = true;
             self.shared.work.notify_one();
             st = match self.shared.done.wait(st) {
@@ -319,6 +343,7 @@ impl Drop for Marking {
 /// The marking thread: waits for rows, commits them, until closed or the
 /// first error.
 fn commit_loop(shared: &Shared, mut marker: Box<dyn Marker>, batch: usize, verbose: bool) {
+    let _stopped = Stopped(shared);
     let mut ids: Vec<i64> = Vec::new();
     let mut st = shared.lock();
     loop {
@@ -533,6 +558,16 @@ mod tests {
         // A reconnect moved the place back: what was read ahead is dropped.
         assert!(marking.take_read(150, 3).is_none());
         assert!(marking.take_read(207, 3).is_none());
+    }
+
+    #[test]
+    fn a_chunk_larger_than_a_read_ahead_is_read_in_several_reads() {
+        let (m, _) = fake(0, None);
+        let marking = Marking::start(m, 100, false).unwrap();
+        marking.read_ahead(0);
+        let rows = marking.take_read(0, READ_AHEAD * 2 + 5).unwrap().unwrap();
+        assert_eq!(rows.len(), READ_AHEAD * 2 + 5);
+        assert_eq!(rows.last().map(|r| r.id), Some(READ_AHEAD as i64 * 2 + 5));
     }
 
     #[test]
