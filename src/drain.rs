@@ -566,11 +566,12 @@ impl<'a> Drain<'a> {
     /// Asks the marking thread to read the next chunks while this one goes
     /// out.
     fn read_ahead(&self) {
+        let want = next_chunk(self.cfg, self.summary.selected);
         if let Some(m) = &self.marking
             && self.more
-            && next_chunk(self.cfg, self.summary.selected) > 0
+            && want > 0
         {
-            m.read_ahead(self.after);
+            m.read_ahead(self.after, want);
         }
     }
 

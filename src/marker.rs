@@ -44,6 +44,8 @@ pub const MAX_UNMARKED: usize = 4000;
 /// delays the next read, so the rows read ahead must last longer than a
 /// slow commit.
 const READ_AHEAD: usize = 2000;
+/// Chunks (`--batch`) of at most this many rows are read ahead.
+pub const READ_AHEAD_CHUNK: usize = READ_AHEAD / 2;
 
 #[derive(Default)]
 struct State {
@@ -208,8 +210,14 @@ impl Marking {
     /// connection ([`READ_AHEAD`] at a time; reads go before commits: the
     /// window waits for them), for [`Marking::take_read`]. In a rollback
     /// journal, reads and commits on two connections would wait for each
-    /// other's locks. Nothing new when rows after `after` are already held.
-    pub fn read_ahead(&self, after: i64) {
+    /// other's locks. Nothing new when rows after `after` are already held;
+    /// nothing for chunks of more than [`READ_AHEAD_CHUNK`] rows (`limit`):
+    /// their queue lasts long enough, and rows held twice over would cost
+    /// memory (peak RSS).
+    pub fn read_ahead(&self, after: i64, limit: usize) {
+        if limit > READ_AHEAD_CHUNK {
+            return;
+        }
         let mut st = self.shared.lock();
         if st.ahead_after != Some(after) {
             st.reset_ahead();
@@ -224,7 +232,7 @@ impl Marking {
     /// stopped): the caller reads them itself.
     pub fn take_read(&self, after: i64, limit: usize) -> Option<Result<Vec<Row>>> {
         let mut st = self.shared.lock();
-        if st.ahead_after != Some(after) {
+        if st.ahead_after != Some(after) || limit > READ_AHEAD_CHUNK {
             st.reset_ahead();
             return None;
         }
@@ -544,7 +552,7 @@ mod tests {
     fn a_chunk_read_ahead_is_given_for_the_same_place_only() {
         let (m, _) = fake(0, None);
         let marking = Marking::start(m, 100, false).unwrap();
-        marking.read_ahead(200);
+        marking.read_ahead(200, 3);
         let ids = |rows: &[Row]| rows.iter().map(|r| r.id).collect::<Vec<_>>();
         let rows = marking.take_read(200, 3).unwrap().unwrap();
         assert_eq!(ids(&rows), [201, 202, 203]);
@@ -561,13 +569,21 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_larger_than_a_read_ahead_is_read_in_several_reads() {
+    fn chunks_of_up_to_half_a_read_ahead_are_read_ahead_and_larger_ones_not() {
         let (m, _) = fake(0, None);
         let marking = Marking::start(m, 100, false).unwrap();
-        marking.read_ahead(0);
-        let rows = marking.take_read(0, READ_AHEAD * 2 + 5).unwrap().unwrap();
-        assert_eq!(rows.len(), READ_AHEAD * 2 + 5);
-        assert_eq!(rows.last().map(|r| r.id), Some(READ_AHEAD as i64 * 2 + 5));
+        marking.read_ahead(0, READ_AHEAD_CHUNK);
+        for i in 0..5 {
+            let after = (i * READ_AHEAD_CHUNK) as i64;
+            let rows = marking.take_read(after, READ_AHEAD_CHUNK).unwrap().unwrap();
+            assert_eq!(rows.len(), READ_AHEAD_CHUNK);
+            assert_eq!(
+                rows.last().map(|r| r.id),
+                Some(after + READ_AHEAD_CHUNK as i64)
+            );
+        }
+        marking.read_ahead(0, READ_AHEAD_CHUNK + 1);
+        assert!(marking.take_read(0, READ_AHEAD_CHUNK + 1).is_none());
     }
 
     #[test]
