@@ -539,7 +539,7 @@ impl<'a> Drain<'a> {
         };
         let chunk = match ahead {
             Some(rows) => {
-                let (chunk, rest) = chunk_of(self.cfg, rows?, want);
+                let (chunk, rest) = chunk_of(self.cfg, rows, want);
                 if let (Some(m), Some(last)) = (&self.marking, chunk.rows.last()) {
                     m.put_back(last.id, rest);
                 }

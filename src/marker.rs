@@ -228,19 +228,18 @@ impl Marking {
 
     /// The next `limit` unsent rows after `after` (fewer at the table's
     /// end), from those read ahead, waiting for them if they are being
-    /// read; `None` when what is held starts elsewhere (or the thread
-    /// stopped): the caller reads them itself.
-    pub fn take_read(&self, after: i64, limit: usize) -> Option<Result<Vec<Row>>> {
+    /// read; `None` when what is held starts elsewhere, when reading ahead
+    /// failed (a damaged page further on: the caller's own read of this
+    /// chunk tells whether this chunk can be had, so a run stops exactly
+    /// where it did without reading ahead) or the thread stopped: the
+    /// caller reads them itself.
+    pub fn take_read(&self, after: i64, limit: usize) -> Option<Vec<Row>> {
         let mut st = self.shared.lock();
         if st.ahead_after != Some(after) || limit > READ_AHEAD_CHUNK {
             st.reset_ahead();
             return None;
         }
         loop {
-            if let Some(e) = st.read_error.take() {
-                st.reset_ahead();
-                return Some(Err(e));
-            }
             if st.ahead.len() >= limit || st.ahead_complete {
                 let n = limit.min(st.ahead.len());
                 let rows: Vec<Row> = st.ahead.drain(..n).collect();
@@ -248,9 +247,9 @@ impl Marking {
                     st.ahead_after = Some(last.id);
                 }
                 st.refill_ahead(&self.shared.work, limit);
-                return Some(Ok(rows));
+                return Some(rows);
             }
-            if st.error.is_some() || st.stopped {
+            if st.read_error.is_some() || st.error.is_some() || st.stopped {
                 st.reset_ahead();
                 return None;
             }
@@ -554,14 +553,14 @@ mod tests {
         let marking = Marking::start(m, 100, false).unwrap();
         marking.read_ahead(200, 3);
         let ids = |rows: &[Row]| rows.iter().map(|r| r.id).collect::<Vec<_>>();
-        let rows = marking.take_read(200, 3).unwrap().unwrap();
+        let rows = marking.take_read(200, 3).unwrap();
         assert_eq!(ids(&rows), [201, 202, 203]);
-        let mut rows = marking.take_read(203, 3).unwrap().unwrap();
+        let mut rows = marking.take_read(203, 3).unwrap();
         assert_eq!(ids(&rows), [204, 205, 206]);
         // A frame cut by the chunk waits for the next one.
         let tail = rows.split_off(1);
         marking.put_back(204, tail);
-        let rows = marking.take_read(204, 3).unwrap().unwrap();
+        let rows = marking.take_read(204, 3).unwrap();
         assert_eq!(ids(&rows), [205, 206, 207]);
         // A reconnect moved the place back: what was read ahead is dropped.
         assert!(marking.take_read(150, 3).is_none());
@@ -575,7 +574,7 @@ mod tests {
         marking.read_ahead(0, READ_AHEAD_CHUNK);
         for i in 0..5 {
             let after = (i * READ_AHEAD_CHUNK) as i64;
-            let rows = marking.take_read(after, READ_AHEAD_CHUNK).unwrap().unwrap();
+            let rows = marking.take_read(after, READ_AHEAD_CHUNK).unwrap();
             assert_eq!(rows.len(), READ_AHEAD_CHUNK);
             assert_eq!(
                 rows.last().map(|r| r.id),
