@@ -66,7 +66,7 @@ fn killed_at_random_moments_on_a_slow_disk_a_run_loses_nothing_and_resends_at_mo
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let delay = Duration::from_millis(rng.range(30, 1500));
+        let delay = Duration::from_millis(rng.range(30, 1000));
         std::thread::sleep(delay);
         if child.try_wait().unwrap().is_none() {
             killed_running += 1;
