@@ -63,21 +63,26 @@ pub fn split_frames(rows: Vec<Row>) -> Vec<Vec<Row>> {
 
 /// With `--group frame`, a full chunk may end inside a frame: its last
 /// frame is left for the next SELECT (unless it is the only one: a frame
-/// larger than `--batch` rows is split). Returns the rows to take now.
-fn hold_back(cfg: &Config, mut rows: Vec<Row>, full: bool) -> Vec<Row> {
+/// larger than `--batch` rows is split). Returns the rows to take now, and
+/// those left.
+fn hold_back(cfg: &Config, mut rows: Vec<Row>, full: bool) -> (Vec<Row>, Vec<Row>) {
     if cfg.group != Group::Frame || !full {
-        return rows;
+        return (rows, Vec::new());
     }
-    let Some(last) = rows.last() else { return rows };
+    let Some(last) = rows.last() else {
+        return (rows, Vec::new());
+    };
     let key: Vec<Field> = FRAME_COLUMNS.iter().map(|&c| last.get(c).clone()).collect();
     let start = rows
         .iter()
         .rposition(|r| FRAME_COLUMNS.iter().zip(&key).any(|(&c, k)| r.get(c) != k))
         .map_or(0, |i| i + 1);
-    if start > 0 {
-        rows.truncate(start);
-    }
-    rows
+    let rest = if start > 0 {
+        rows.split_off(start)
+    } else {
+        Vec::new()
+    };
+    (rows, rest)
 }
 
 /// The next rows to send after `after`: at most a chunk, within what
@@ -97,18 +102,27 @@ pub fn next_rows(cfg: &Config, db: &dyn Source, after: i64, selected: u64) -> Re
         });
     }
     let rows = db.select_unsent(after, want)?;
+    Ok(chunk_of(cfg, rows, want).0)
+}
+
+/// The chunk `rows` make, `want` of them asked for, and the rows left for
+/// the next chunk: the last frame, when it may go on (`--group frame`).
+pub fn chunk_of(cfg: &Config, rows: Vec<Row>, want: usize) -> (Chunk, Vec<Row>) {
     let full = rows.len() == want;
     let got = rows.len();
-    let rows = hold_back(cfg, rows, full);
+    let (rows, rest) = hold_back(cfg, rows, full);
     if cfg.group == Group::Frame && full && rows.len() == got && want < cfg.batch {
         // --limit cut this chunk short inside what may be one frame: the
         // frame waits for the next run rather than go out in halves.
-        return Ok(Chunk {
-            rows: Vec::new(),
-            more: false,
-        });
+        return (
+            Chunk {
+                rows: Vec::new(),
+                more: false,
+            },
+            Vec::new(),
+        );
     }
-    Ok(Chunk { rows, more: full })
+    (Chunk { rows, more: full }, rest)
 }
 
 /// Renders rows into messages (one per row, or one per frame); rows that

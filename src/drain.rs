@@ -32,22 +32,25 @@ use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::batch::{
-    Chunk, MAX_ROW_ERRORS_SHOWN, chunk_log, next_rows, render_and_record, split_frames,
+    Chunk, MAX_ROW_ERRORS_SHOWN, chunk_log, chunk_of, next_chunk, next_rows, render_and_record,
+    split_frames,
 };
 use crate::blame::{self, Loss, Trial, Verdict as Blamed};
 use crate::config::{Config, Group, Log};
 use crate::error::{Error, Exit, Result};
+use crate::marker::{MAX_UNMARKED, Marking};
 use crate::session::reason::Verdict;
 use crate::session::{Blame, Broken, Message, Options, Polled, Refusal, Rows, Session, Unsent};
 use crate::source::Source;
 use crate::summary::Summary;
 
-/// Acknowledged rows are marked at least this often, however slow the link.
-const MARK_INTERVAL: Duration = Duration::from_secs(1);
+use crate::marker::MARK_INTERVAL;
 /// How long the DISCONNECT may take to go out. With it, a run lasts at most
 /// `--max-time` + `--ack-timeout` + this (50 + 5 + 1 s by default: under
 /// cron's minute).
 const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
+/// How often a publishing loop paused by [`MAX_UNMARKED`] looks again.
+const CAPPED_POLL: Duration = Duration::from_millis(2);
 /// Suspects remembered per destination at most, and tried alone per run.
 const MAX_SUSPECTS: usize = 16;
 
@@ -164,6 +167,10 @@ pub struct Drain<'a> {
     oldest_unmarked_ack: Option<Instant>,
     /// Refused by the broker, to be recorded with the next marking.
     refused: Vec<(i64, String)>,
+    /// The marking thread, started with the first acknowledgement.
+    marking: Option<Marking>,
+    /// Rows marked before this drain began.
+    marked_before: u64,
     last_progress: Instant,
     progress: Progress,
     /// PUBLISHes handed over (a frame message carries several rows), for
@@ -216,6 +223,7 @@ impl<'a> Drain<'a> {
             Some(s) => s.split(' ').filter_map(|id| id.parse().ok()).collect(),
             None => Vec::new(),
         };
+        let marked_before = summary.marked;
         Ok(Drain {
             cfg,
             db,
@@ -228,6 +236,8 @@ impl<'a> Drain<'a> {
             acked: Vec::with_capacity(cfg.batch.min(usize::from(cfg.inflight).max(64) * 4)),
             oldest_unmarked_ack: None,
             refused: Vec::new(),
+            marking: None,
+            marked_before,
             last_progress: Instant::now(),
             progress: Progress::new(cfg.log),
             messages: 0,
@@ -511,6 +521,14 @@ impl<'a> Drain<'a> {
             } else {
                 None
             };
+            let capped = publishing && self.capped();
+            if capped && session.in_flight() == 0 {
+                // Nothing to read from the broker: wait for the marks.
+                if let Some(m) = &self.marking {
+                    m.wait_below(MAX_UNMARKED, self.cfg.ack_timeout)?;
+                }
+                continue;
+            }
             let nothing_left = self.queue.is_empty() && !self.more;
             if session.in_flight() == 0 && (nothing_left || !publishing) {
                 return Ok(());
@@ -526,6 +544,10 @@ impl<'a> Drain<'a> {
             if let Some(due) = rate_wait {
                 wake = wake.min(due);
             }
+            if capped {
+                // Look again soon: a commit makes room.
+                wake = wake.min(Instant::now() + CAPPED_POLL);
+            }
             match session.poll(wake.saturating_duration_since(Instant::now())) {
                 Ok(Polled::Acked(rows)) => self.on_ack(rows),
                 Ok(Polled::Refused(r)) => self.on_refusal(r),
@@ -538,13 +560,8 @@ impl<'a> Drain<'a> {
                 }
                 Err(broken) => self.on_lost(session, broken, false)?,
             }
+            self.hand_off()?;
             self.progress.tick(&*self.db, self.summary, self.start);
-            let due = self
-                .oldest_unmarked_ack
-                .is_some_and(|t| t.elapsed() >= MARK_INTERVAL);
-            if self.acked.len() >= self.cfg.batch || due {
-                self.mark()?;
-            }
         }
     }
 
@@ -564,7 +581,21 @@ impl<'a> Drain<'a> {
 
     /// The next chunk from the source, once the current one has gone out.
     fn refill(&mut self) -> Result<()> {
-        let chunk = next_rows(self.cfg, &*self.db, self.after, self.summary.selected)?;
+        let want = next_chunk(self.cfg, self.summary.selected);
+        let ahead = match &self.marking {
+            Some(m) if want > 0 => m.take_read(self.after, want),
+            _ => None,
+        };
+        let chunk = match ahead {
+            Some(rows) => {
+                let (chunk, rest) = chunk_of(self.cfg, rows, want);
+                if let (Some(m), Some(last)) = (&self.marking, chunk.rows.last()) {
+                    m.put_back(last.id, rest);
+                }
+                chunk
+            }
+            None => next_rows(self.cfg, &*self.db, self.after, self.summary.selected)?,
+        };
         // Rows selected before (or suspects, counted when isolated) are not
         // counted again.
         let fresh = chunk
@@ -576,7 +607,21 @@ impl<'a> Drain<'a> {
         if let Some(last) = chunk.rows.last() {
             self.high_water = self.high_water.max(last.id);
         }
-        self.take(chunk)
+        self.take(chunk)?;
+        self.read_ahead();
+        Ok(())
+    }
+
+    /// Asks the marking thread to read the next chunks while this one goes
+    /// out.
+    fn read_ahead(&self) {
+        let want = next_chunk(self.cfg, self.summary.selected);
+        if let Some(m) = &self.marking
+            && self.more
+            && want > 0
+        {
+            m.read_ahead(self.after, want);
+        }
     }
 
     /// Hands messages to the session up to its window, no faster than
@@ -588,7 +633,7 @@ impl<'a> Drain<'a> {
         } else {
             session.window()
         };
-        while session.in_flight() < window {
+        while session.in_flight() < window && !self.capped() {
             if let Some(r) = self.cfg.rate {
                 let due = self.rate_start + Duration::from_secs_f64(self.messages as f64 / r);
                 if Instant::now() < due {
@@ -952,7 +997,41 @@ impl<'a> Drain<'a> {
         self.summary.quarantined += quarantined;
     }
 
-    /// Marks what was acknowledged and records what was refused.
+    /// Hands what was acknowledged to the marking thread (started with the
+    /// first acknowledgement: a run that gets none opens no second
+    /// connection), and counts what it committed.
+    fn hand_off(&mut self) -> Result<()> {
+        if self.acked.is_empty() {
+            return Ok(());
+        }
+        self.oldest_unmarked_ack = None;
+        if self.marking.is_none() {
+            let marker = self.db.marker()?;
+            // A commit starts at half the cap at the latest: the drain
+            // never waits on a batch that cannot fill up.
+            self.marking = Some(Marking::start(
+                marker,
+                self.cfg.batch.min(MAX_UNMARKED / 2),
+                self.cfg.log.verbose,
+            )?);
+            self.read_ahead();
+        }
+        if let Some(m) = &self.marking {
+            m.hand(&mut self.acked)?;
+            self.summary.marked = self.marked_before + m.marked();
+        }
+        Ok(())
+    }
+
+    /// Acknowledged rows not yet committed as marked reached
+    /// [`MAX_UNMARKED`]: nothing more is published until a commit makes
+    /// room.
+    fn capped(&self) -> bool {
+        self.acked.len() + self.marking.as_ref().map_or(0, Marking::unmarked) >= MAX_UNMARKED
+    }
+
+    /// Marks what was acknowledged (waiting for the marking thread's
+    /// commit) and records what was refused.
     fn mark(&mut self) -> Result<()> {
         self.oldest_unmarked_ack = None;
         if !self.refused.is_empty() {
@@ -961,19 +1040,10 @@ impl<'a> Drain<'a> {
             self.summary.refused_quarantined += quarantined;
             self.note_quarantined(quarantined);
         }
-        if self.acked.is_empty() {
-            return Ok(());
+        self.hand_off()?;
+        if let Some(m) = &self.marking {
+            self.summary.marked = self.marked_before + m.flush()?;
         }
-        let n = self.db.mark(&self.acked)?;
-        self.summary.marked += n as u64;
-        if self.cfg.log.verbose {
-            crate::sys::say!(
-                "frameflush: marked {} row(s) sent ({} so far)",
-                self.acked.len(),
-                self.summary.marked
-            );
-        }
-        self.acked.clear();
         Ok(())
     }
 
@@ -989,6 +1059,8 @@ impl<'a> Drain<'a> {
         if let Err(e) = self.mark() {
             failure.get_or_insert(e);
         }
+        // The marking thread ends; its connection closes.
+        self.marking = None;
         // Not proven guilty: tried alone again by the next run, and the run
         // did not deliver everything.
         let takes_nothing = self.trial.takes_nothing();

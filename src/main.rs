@@ -19,6 +19,7 @@ mod config;
 mod drain;
 mod error;
 mod lock;
+mod marker;
 mod meshlium;
 mod metrics;
 mod retention;

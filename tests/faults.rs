@@ -19,6 +19,9 @@ use util::{
 };
 
 const WAIT: Duration = Duration::from_secs(30);
+/// Acknowledged rows not yet committed as marked, at most (`MAX_UNMARKED`
+/// in src/marker.rs; README, "Duplicates are bounded").
+const UNMARKED_CAP: usize = 4000;
 
 /// The figures a fault test reports.
 #[derive(Default, Debug)]
@@ -211,7 +214,7 @@ fn a_link_cut_at_random_points_never_marks_an_undelivered_row_and_reruns_deliver
 }
 
 #[test]
-fn the_tool_killed_at_a_random_moment_marks_only_delivered_rows_and_duplicates_stay_within_window_plus_batch()
+fn the_tool_killed_at_a_random_moment_marks_only_delivered_rows_and_duplicates_stay_within_window_plus_the_unmarked_cap()
  {
     let mut rng = Rng::new("the_tool_killed_at_a_random_moment");
     let env = TestEnv::new("sigkill");
@@ -270,8 +273,8 @@ fn the_tool_killed_at_a_random_moment_marks_only_delivered_rows_and_duplicates_s
         );
         let dups: usize = received_under(&sub, &prefix).values().map(|n| n - 1).sum();
         assert!(
-            dups <= inflight + batch,
-            "seed {}, round {round} (killed after {delay:?}): {dups} duplicates, more than window {inflight} + batch {batch}",
+            dups <= inflight + UNMARKED_CAP,
+            "seed {}, round {round} (killed after {delay:?}): {dups} duplicates, more than window {inflight} + the unmarked cap {UNMARKED_CAP}",
             rng.seed
         );
     }

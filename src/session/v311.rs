@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rumqttc::{
     Client, ConnectReturnCode, Connection, ConnectionError, Event as Ev, MqttOptions, Outgoing,
-    Packet, QoS, RecvTimeoutError, StateError, SubscribeReasonCode,
+    Packet, QoS, RecvTimeoutError, StateError, SubscribeReasonCode, TryRecvError,
 };
 
 use super::{
@@ -147,7 +147,14 @@ impl Wire for V311 {
     }
 
     fn next(&mut self, wait: Duration) -> Next {
-        let event = match self.connection.recv_timeout(wait) {
+        // An event already there is taken without a timer: recv_timeout's
+        // runtime entry and timer cost more than the event (callgrind).
+        let got = match self.connection.try_recv() {
+            Ok(event) => Ok(event),
+            Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+            Err(TryRecvError::Empty) => self.connection.recv_timeout(wait),
+        };
+        let event = match got {
             Ok(Ok(event)) => event,
             Ok(Err(e)) => return Next::Failed(self.fault(e)),
             Err(RecvTimeoutError::Timeout) => return Next::Idle,

@@ -150,6 +150,19 @@ pub struct LastRun {
     pub rows_marked: i64,
 }
 
+/// The marking thread's handle on a source ([`crate::marker`]): a
+/// connection of its own to the same database, with the same settings, that
+/// marks rows and nothing else. The run lock stays with the [`Source`] that
+/// made it.
+pub trait Marker: Send {
+    /// Marks the rows as [`Source::mark`] does, committed when it returns.
+    fn commit_marks(&mut self, ids: &[i64]) -> Result<usize>;
+
+    /// As [`Source::select_unsent`], on this connection: the next chunk
+    /// read ahead, beside the publishing loop.
+    fn read_ahead(&self, after: i64, limit: usize) -> Result<Vec<Row>>;
+}
+
 /// One database holding `sensorParser`, opened for one destination bit at
 /// a time. Errors are already one line for the operator, with their exit
 /// status (see [`crate::error`]).
@@ -175,6 +188,10 @@ pub trait Source {
     /// and no other row. Returns how many rows were updated (a row deleted
     /// meanwhile is not).
     fn mark(&mut self, ids: &[i64]) -> Result<usize>;
+
+    /// A second connection to this database for the marking thread. Only
+    /// a run with something acknowledged opens it.
+    fn marker(&self) -> Result<Box<dyn Marker>>;
 
     /// Counts one more failed attempt for each row; a row that reaches
     /// `max_attempts` is quarantined. Returns how many rows this quarantined.

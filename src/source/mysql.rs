@@ -50,7 +50,7 @@ use mysql::consts::{CapabilityFlags, ColumnType};
 use mysql::prelude::Queryable;
 use mysql::{Conn, OptsBuilder, Params, Value};
 
-use super::{Failure, Health, HighWater, Index, LastRun, Mode, Source};
+use super::{Failure, Health, HighWater, Index, LastRun, Marker, Mode, Source};
 use crate::config::{MysqlDb, Target};
 use crate::error::{Error, Exit, Result};
 use crate::row::{Field, Row};
@@ -657,9 +657,49 @@ impl Mysql {
     }
 }
 
+impl Marker for Mysql {
+    /// [`Source::mark`]'s statements in one transaction: on InnoDB one
+    /// commit (one log flush) for all of them, however many rows; MyISAM,
+    /// which has no transactions, applies each statement at once, as
+    /// before.
+    fn commit_marks(&mut self, ids: &[i64]) -> Result<usize> {
+        self.query_drop("mark rows in", "START TRANSACTION")?;
+        let n = match Source::mark(self, ids) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = self.query_drop("mark rows in", "ROLLBACK");
+                return Err(e);
+            }
+        };
+        self.query_drop("mark rows in", "COMMIT")?;
+        Ok(n)
+    }
+
+    fn read_ahead(&self, after: i64, limit: usize) -> Result<Vec<Row>> {
+        self.select_unsent(after, limit)
+    }
+}
+
 impl Source for Mysql {
     fn sync_mask(&self) -> i64 {
         self.mask
+    }
+
+    /// A connection of its own, set up as the first one is; the run lock
+    /// stays on the lock connection of this handle.
+    fn marker(&self) -> Result<Box<dyn Marker>> {
+        Ok(Box::new(Mysql {
+            conn: RefCell::new(connect(&self.db, self.busy, true)?),
+            lock: None,
+            db: self.db.clone(),
+            place: self.place.clone(),
+            mask: self.mask,
+            mode: self.mode,
+            busy: self.busy,
+            own_tables: self.own_tables,
+            margin_s: self.margin_s,
+            floor: self.floor,
+        }))
     }
 
     fn lock_run(&mut self) -> Result<()> {

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use super::{Failure, Health, Index, LastRun, Mode, Source};
+use super::{Failure, Health, Index, LastRun, Marker, Mode, Source};
 use crate::config::Target;
 use crate::error::{Error, Exit, Result};
 use crate::lock::RunLock;
@@ -336,9 +336,49 @@ impl Sqlite {
     }
 }
 
+impl Sqlite {
+    /// A second handle on the same file, for the marking thread: a
+    /// connection of its own with the same busy timeout, and no run lock
+    /// (this handle holds it).
+    fn second(&self) -> Result<Sqlite> {
+        let file = PathBuf::from(self.conn.path().unwrap_or(&self.path));
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&file, flags)
+            .map_err(|e| db_error(&self.path, "open", e, 0.0))?;
+        conn.busy_timeout(std::time::Duration::from_secs_f64(self.busy_secs))
+            .map_err(|e| db_error(&self.path, "open", e, 0.0))?;
+        Ok(Sqlite {
+            conn,
+            mask: self.mask,
+            path: self.path.clone(),
+            busy_secs: self.busy_secs,
+            lock_path: self.lock_path.clone(),
+            lock: None,
+            indexed: self.indexed,
+            own_tables: self.own_tables,
+            state_table: self.state_table,
+        })
+    }
+}
+
+impl Marker for Sqlite {
+    /// One IMMEDIATE transaction, as [`Source::mark`] makes it.
+    fn commit_marks(&mut self, ids: &[i64]) -> Result<usize> {
+        Source::mark(self, ids)
+    }
+
+    fn read_ahead(&self, after: i64, limit: usize) -> Result<Vec<Row>> {
+        self.select_unsent(after, limit)
+    }
+}
+
 impl Source for Sqlite {
     fn sync_mask(&self) -> i64 {
         self.mask
+    }
+
+    fn marker(&self) -> Result<Box<dyn Marker>> {
+        Ok(Box::new(self.second()?))
     }
 
     fn lock_run(&mut self) -> Result<()> {

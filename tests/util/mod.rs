@@ -26,6 +26,7 @@ use rusqlite::Connection;
 pub mod accounting;
 pub mod ejabberd;
 pub mod fake_mqtt;
+pub mod slow_fsync;
 
 /// The binary under test: `FRAMEFLUSH_BIN` when set (scripts/test-package
 /// runs the suite against the packaged binary), else the one cargo built.

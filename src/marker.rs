@@ -1,0 +1,596 @@
+//! Marking off the publishing path: a thread of its own commits the marks of
+//! acknowledged rows, on a connection of its own to the source
+//! ([`crate::source::Marker`]), while the publishing loop goes on reading
+//! PUBACKs and refilling the window.
+//!
+//! The hand-off is a short list under a mutex: the drain appends the ids the
+//! broker acknowledged ([`Marking::hand`]); the thread takes everything
+//! there is and commits it in one transaction (group commit: the longer a
+//! commit takes, the more rows the next one carries), as soon as `--batch`
+//! rows are waiting or the oldest has waited [`MARK_INTERVAL`], or when the
+//! drain asks for everything to be committed ([`Marking::flush`]: before a
+//! reconnect selects rows again, and at the end of the run). The drain never
+//! waits for a commit but there.
+//!
+//! The rows acknowledged and not yet committed are bounded:
+//! [`Marking::unmarked`] counts them, and the drain publishes nothing while
+//! they reach [`MAX_UNMARKED`]. A run killed at any moment therefore sends
+//! again at most the window plus that many rows.
+//!
+//! Rows count as marked only once their transaction committed. A marking
+//! error stops the thread; the drain gets it at its next hand-off and the
+//! run ends with it, as when marks were made on the publishing loop.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Exit, Result};
+use crate::row::Row;
+use crate::source::Marker;
+
+/// Acknowledged rows are committed as marked at least this often, however
+/// slow the link.
+pub const MARK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Rows acknowledged by the broker and not yet committed as marked, at most:
+/// publishing pauses while this many wait. With the window, the most a
+/// killed run sends again (README, "Duplicates are bounded").
+pub const MAX_UNMARKED: usize = 4000;
+
+/// Rows read ahead per SELECT of the marking thread: a commit in progress
+/// delays the next read, so the rows read ahead must last longer than a
+/// slow commit.
+const READ_AHEAD: usize = 2000;
+/// Chunks (`--batch`) of at most this many rows are read ahead.
+pub const READ_AHEAD_CHUNK: usize = READ_AHEAD / 2;
+
+#[derive(Default)]
+struct State {
+    /// Handed over, not yet being committed.
+    pending: Vec<i64>,
+    /// When the oldest of `pending` was handed over.
+    since: Option<Instant>,
+    /// Rows in the transaction under way.
+    committing: usize,
+    /// Rows committed as marked (as the source counted them).
+    marked: u64,
+    /// The first marking error; the thread stops at it.
+    error: Option<Error>,
+    /// Commit what is pending now, without waiting for `--batch` rows.
+    flush: bool,
+    /// No more rows come: commit what is left and end.
+    closed: bool,
+    /// The thread has ended (an error, the end, or a panic).
+    stopped: bool,
+    /// Rows read ahead: the next unsent rows after `ahead_after`, in id
+    /// order (`None`: nothing read ahead).
+    ahead_after: Option<i64>,
+    ahead: VecDeque<Row>,
+    /// The last read came short: no row after those in `ahead`.
+    ahead_complete: bool,
+    /// A read to make: after this id, of [`READ_AHEAD`] rows, for this
+    /// generation (a reset drops what an older one reads).
+    read_queued: Option<i64>,
+    reading: bool,
+    generation: u64,
+    read_error: Option<Error>,
+}
+
+impl State {
+    /// Forgets what was read ahead (the drain goes on elsewhere).
+    fn reset_ahead(&mut self) {
+        self.ahead_after = None;
+        self.ahead.clear();
+        self.ahead_complete = false;
+        self.read_queued = None;
+        self.read_error = None;
+        self.generation += 1;
+    }
+
+    /// Asks for more rows after those held, unless `need` (and half a
+    /// read) are held, or more are coming.
+    fn refill_ahead(&mut self, work: &Condvar, need: usize) {
+        let Some(after) = self.ahead_after else {
+            return;
+        };
+        if self.ahead_complete
+            || self.reading
+            || self.read_queued.is_some()
+            || self.read_error.is_some()
+            || self.ahead.len() >= need.max(READ_AHEAD / 2)
+        {
+            return;
+        }
+        self.read_queued = Some(self.ahead.back().map_or(after, |r| r.id));
+        work.notify_one();
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// The thread waits on it for rows (or a flush, or the end).
+    work: Condvar,
+    /// The drain waits on it for commits.
+    done: Condvar,
+    /// Handed over and not yet committed: `pending` plus `committing`, read
+    /// by the drain without the lock before each PUBLISH.
+    unmarked: AtomicUsize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic in the marking thread poisons the lock; what it guards
+        // (counts and a list of ids) is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Set when the thread ends however it ends (a panic too): nobody waits
+/// for it then.
+struct Stopped<'a>(&'a Shared);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.stopped = true;
+        if st.error.is_none() && !st.closed {
+            st.error = Some(Error::new(
+                Exit::IoErr,
+                "the marking thread stopped unexpectedly; the rows it had not marked stay unsent",
+            ));
+        }
+        self.0.done.notify_all();
+    }
+}
+
+/// The marking thread and its hand-off, for one run.
+pub struct Marking {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+    batch: usize,
+}
+
+impl Marking {
+    /// Starts the thread that commits marks through `marker`, `batch` rows
+    /// (or what waited [`MARK_INTERVAL`]) at least per commit; `verbose`:
+    /// one line per commit.
+    pub fn start(marker: Box<dyn Marker>, batch: usize, verbose: bool) -> Result<Marking> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            work: Condvar::new(),
+            done: Condvar::new(),
+            unmarked: AtomicUsize::new(0),
+        });
+        let theirs = Arc::clone(&shared);
+        let batch = batch.max(1);
+        let thread = std::thread::Builder::new()
+            .name("frameflush-mark".into())
+            .spawn(move || commit_loop(&theirs, marker, batch, verbose))
+            .map_err(|e| {
+                Error::new(
+                    Exit::TempFail,
+                    format!("cannot start the marking thread: {e}"),
+                )
+            })?;
+        Ok(Marking {
+            shared,
+            thread: Some(thread),
+            batch,
+        })
+    }
+
+    /// Hands acknowledged ids over (emptying `ids`). Fails with the
+    /// marking error, if one came.
+    pub fn hand(&self, ids: &mut Vec<i64>) -> Result<()> {
+        let mut st = self.shared.lock();
+        if let Some(e) = &st.error {
+            return Err(e.clone());
+        }
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let before = st.pending.len();
+        st.pending.append(ids);
+        st.since.get_or_insert_with(Instant::now);
+        self.shared
+            .unmarked
+            .fetch_add(st.pending.len() - before, Ordering::Release);
+        // Wake the thread only when it has something to do: the first rows
+        // start its interval, a full batch is committed; not once per row.
+        if before == 0 || (before < self.batch && st.pending.len() >= self.batch) {
+            self.shared.work.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Starts reading the unsent rows after `after` ahead, on the thread's
+    /// connection ([`READ_AHEAD`] at a time; reads go before commits: the
+    /// window waits for them), for [`Marking::take_read`]. In a rollback
+    /// journal, reads and commits on two connections would wait for each
+    /// other's locks. Nothing new when rows after `after` are already held;
+    /// nothing for chunks of more than [`READ_AHEAD_CHUNK`] rows (`limit`):
+    /// their queue lasts long enough, and rows held twice over would cost
+    /// memory (peak RSS).
+    pub fn read_ahead(&self, after: i64, limit: usize) {
+        if limit > READ_AHEAD_CHUNK {
+            return;
+        }
+        let mut st = self.shared.lock();
+        if st.ahead_after != Some(after) {
+            st.reset_ahead();
+            st.ahead_after = Some(after);
+        }
+        st.refill_ahead(&self.shared.work, 0);
+    }
+
+    /// The next `limit` unsent rows after `after` (fewer at the table's
+    /// end), from those read ahead, waiting for them if they are being
+    /// read; `None` when what is held starts elsewhere, when reading ahead
+    /// failed (a damaged page further on: the caller's own read of this
+    /// chunk tells whether this chunk can be had, so a run stops exactly
+    /// where it did without reading ahead) or the thread stopped: the
+    /// caller reads them itself.
+    pub fn take_read(&self, after: i64, limit: usize) -> Option<Vec<Row>> {
+        let mut st = self.shared.lock();
+        if st.ahead_after != Some(after) || limit > READ_AHEAD_CHUNK {
+            st.reset_ahead();
+            return None;
+        }
+        loop {
+            if st.ahead.len() >= limit || st.ahead_complete {
+                let n = limit.min(st.ahead.len());
+                let rows: Vec<Row> = st.ahead.drain(..n).collect();
+                if let Some(last) = rows.last() {
+                    st.ahead_after = Some(last.id);
+                }
+                st.refill_ahead(&self.shared.work, limit);
+                return Some(rows);
+            }
+            if st.read_error.is_some() || st.error.is_some() || st.stopped {
+                st.reset_ahead();
+                return None;
+            }
+            // More than is held: a chunk larger than a read (--batch).
+            st.refill_ahead(&self.shared.work, limit);
+            st = match self.shared.done.wait(st) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+    }
+
+    /// Rows [`Marking::take_read`] gave that the drain leaves for the next
+    /// chunk (a frame a chunk cut: `--group frame`): they are the first
+    /// given next, after `after`.
+    pub fn put_back(&self, after: i64, rows: Vec<Row>) {
+        if rows.is_empty() {
+            return;
+        }
+        let mut st = self.shared.lock();
+        for row in rows.into_iter().rev() {
+            st.ahead.push_front(row);
+        }
+        st.ahead_after = Some(after);
+    }
+
+    /// Rows handed over and not yet committed.
+    pub fn unmarked(&self) -> usize {
+        self.shared.unmarked.load(Ordering::Acquire)
+    }
+
+    /// Rows committed as marked so far.
+    pub fn marked(&self) -> u64 {
+        self.shared.lock().marked
+    }
+
+    /// Waits, at most `limit`, until fewer than `cap` rows are unmarked (or
+    /// the marking failed).
+    pub fn wait_below(&self, cap: usize, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(e) = &st.error {
+                return Err(e.clone());
+            }
+            let now = Instant::now();
+            if self.unmarked() < cap || now >= deadline {
+                return Ok(());
+            }
+            // Not waiting for a batch to fill up: the drain is waiting.
+            st.flush = true;
+            self.shared.work.notify_one();
+            st = match self.shared.done.wait_timeout(st, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// Commits everything handed over and waits for it. Returns the rows
+    /// committed as marked so far, or the marking error.
+    pub fn flush(&self) -> Result<u64> {
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(e) = &st.error {
+                return Err(e.clone());
+            }
+            if st.pending.is_empty() && st.committing == 0 {
+                return Ok(st.marked);
+            }
+            if st.stopped {
+                return Ok(st.marked);
+            }
+            st.flush = true;
+            self.shared.work.notify_one();
+            st = match self.shared.done.wait(st) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+        }
+    }
+}
+
+impl Drop for Marking {
+    /// What was handed over is committed, then the thread ends.
+    fn drop(&mut self) {
+        {
+            let mut st = self.shared.lock();
+            st.closed = true;
+            self.shared.work.notify_one();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The marking thread: waits for rows, commits them, until closed or the
+/// first error.
+fn commit_loop(shared: &Shared, mut marker: Box<dyn Marker>, batch: usize, verbose: bool) {
+    let _stopped = Stopped(shared);
+    let mut ids: Vec<i64> = Vec::new();
+    let mut st = shared.lock();
+    loop {
+        if st.error.is_some() {
+            break;
+        }
+        if let Some(after) = st.read_queued.take() {
+            let generation = st.generation;
+            st.reading = true;
+            drop(st);
+            let read = marker.read_ahead(after, READ_AHEAD);
+            st = shared.lock();
+            st.reading = false;
+            if st.generation == generation {
+                match read {
+                    Ok(rows) => {
+                        st.ahead_complete = rows.len() < READ_AHEAD;
+                        st.ahead.extend(rows);
+                    }
+                    Err(e) => st.read_error = Some(e),
+                }
+            }
+            shared.done.notify_all();
+            continue;
+        }
+        let due = st.flush
+            || st.closed
+            || st.pending.len() >= batch
+            || st.since.is_some_and(|t| t.elapsed() >= MARK_INTERVAL);
+        if !st.pending.is_empty() && due {
+            std::mem::swap(&mut st.pending, &mut ids);
+            st.since = None;
+            st.committing = ids.len();
+            drop(st);
+            let result = marker.commit_marks(&ids);
+            st = shared.lock();
+            st.committing = 0;
+            shared.unmarked.fetch_sub(ids.len(), Ordering::Release);
+            match result {
+                Ok(n) => {
+                    st.marked += n as u64;
+                    if verbose {
+                        crate::sys::say!(
+                            "frameflush: marked {} row(s) sent ({} so far)",
+                            ids.len(),
+                            st.marked
+                        );
+                    }
+                }
+                Err(e) => st.error = Some(e),
+            }
+            ids.clear();
+            shared.done.notify_all();
+            continue;
+        }
+        if st.pending.is_empty() {
+            st.flush = false;
+            shared.done.notify_all();
+            if st.closed {
+                break;
+            }
+        }
+        st = match st.since {
+            Some(t) => {
+                let left = (t + MARK_INTERVAL).saturating_duration_since(Instant::now());
+                match shared.work.wait_timeout(st, left) {
+                    Ok((g, _)) => g,
+                    Err(p) => p.into_inner().0,
+                }
+            }
+            None => match shared.work.wait(st) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            },
+        };
+    }
+    shared.done.notify_all();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The commits a fake made, each a list of ids.
+    type Commits = Arc<Mutex<Vec<Vec<i64>>>>;
+
+    /// Marks into a shared list, each commit taking `delay`, failing from
+    /// the `fail_at`-th commit on.
+    struct Fake {
+        marked: Commits,
+        delay: Duration,
+        fail_at: Option<usize>,
+    }
+
+    impl Marker for Fake {
+        fn commit_marks(&mut self, ids: &[i64]) -> Result<usize> {
+            std::thread::sleep(self.delay);
+            let mut m = self.marked.lock().unwrap();
+            if self.fail_at.is_some_and(|f| m.len() >= f) {
+                return Err(Error::new(Exit::IoErr, "disk full"));
+            }
+            m.push(ids.to_vec());
+            Ok(ids.len())
+        }
+
+        fn read_ahead(&self, after: i64, limit: usize) -> Result<Vec<Row>> {
+            Ok((after + 1..=after + limit as i64)
+                .map(|id| Row {
+                    id,
+                    fields: Default::default(),
+                })
+                .collect())
+        }
+    }
+
+    fn fake(delay_ms: u64, fail_at: Option<usize>) -> (Box<dyn Marker>, Commits) {
+        let marked = Arc::new(Mutex::new(Vec::new()));
+        let f = Fake {
+            marked: Arc::clone(&marked),
+            delay: Duration::from_millis(delay_ms),
+            fail_at,
+        };
+        (Box::new(f), marked)
+    }
+
+    #[test]
+    fn a_flush_commits_everything_handed_over_and_counts_it_only_then() {
+        let (m, commits) = fake(20, None);
+        let marking = Marking::start(m, 100, false).unwrap();
+        let mut ids: Vec<i64> = (1..=10).collect();
+        marking.hand(&mut ids).unwrap();
+        assert!(ids.is_empty());
+        assert_eq!(marking.unmarked(), 10);
+        assert_eq!(marking.flush().unwrap(), 10);
+        assert_eq!(marking.unmarked(), 0);
+        assert_eq!(
+            commits.lock().unwrap().concat(),
+            (1..=10).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn a_slow_commit_makes_the_next_one_carry_more_rows() {
+        let (m, commits) = fake(30, None);
+        let marking = Marking::start(m, 10, false).unwrap();
+        for chunk in (1..=200i64).collect::<Vec<_>>().chunks(10) {
+            marking.hand(&mut chunk.to_vec()).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(marking.flush().unwrap(), 200);
+        let commits = commits.lock().unwrap();
+        assert_eq!(commits.concat(), (1..=200).collect::<Vec<_>>());
+        assert!(
+            commits.len() < 20 && commits.iter().any(|c| c.len() > 10),
+            "{:?}",
+            commits.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn fewer_rows_than_a_batch_are_committed_after_the_interval_without_a_flush() {
+        let (m, commits) = fake(0, None);
+        let marking = Marking::start(m, 1000, false).unwrap();
+        marking.hand(&mut vec![7, 8]).unwrap();
+        let t = Instant::now();
+        while commits.lock().unwrap().is_empty() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(t.elapsed() >= MARK_INTERVAL - Duration::from_millis(100));
+        assert_eq!(commits.lock().unwrap().concat(), vec![7, 8]);
+        assert_eq!(marking.marked(), 2);
+    }
+
+    #[test]
+    fn a_marking_error_reaches_the_drain_and_the_rows_do_not_count() {
+        let (m, _) = fake(0, Some(1));
+        let marking = Marking::start(m, 1, false).unwrap();
+        marking.hand(&mut vec![1]).unwrap();
+        assert_eq!(marking.flush().unwrap(), 1);
+        marking.hand(&mut vec![2]).unwrap();
+        let e = marking.flush().unwrap_err();
+        assert_eq!(e.exit, Exit::IoErr);
+        assert_eq!(marking.marked(), 1);
+        assert!(marking.hand(&mut vec![3]).is_err());
+        assert!(marking.wait_below(1, Duration::from_secs(5)).is_err());
+    }
+
+    #[test]
+    fn waiting_below_the_cap_returns_once_the_commit_made_room() {
+        let (m, _) = fake(50, None);
+        let marking = Marking::start(m, 1000, false).unwrap();
+        marking.hand(&mut (1..=500).collect()).unwrap();
+        marking.wait_below(100, Duration::from_secs(10)).unwrap();
+        assert!(marking.unmarked() < 100);
+    }
+
+    #[test]
+    fn a_chunk_read_ahead_is_given_for_the_same_place_only() {
+        let (m, _) = fake(0, None);
+        let marking = Marking::start(m, 100, false).unwrap();
+        marking.read_ahead(200, 3);
+        let ids = |rows: &[Row]| rows.iter().map(|r| r.id).collect::<Vec<_>>();
+        let rows = marking.take_read(200, 3).unwrap();
+        assert_eq!(ids(&rows), [201, 202, 203]);
+        let mut rows = marking.take_read(203, 3).unwrap();
+        assert_eq!(ids(&rows), [204, 205, 206]);
+        // A frame cut by the chunk waits for the next one.
+        let tail = rows.split_off(1);
+        marking.put_back(204, tail);
+        let rows = marking.take_read(204, 3).unwrap();
+        assert_eq!(ids(&rows), [205, 206, 207]);
+        // A reconnect moved the place back: what was read ahead is dropped.
+        assert!(marking.take_read(150, 3).is_none());
+        assert!(marking.take_read(207, 3).is_none());
+    }
+
+    #[test]
+    fn chunks_of_up_to_half_a_read_ahead_are_read_ahead_and_larger_ones_not() {
+        let (m, _) = fake(0, None);
+        let marking = Marking::start(m, 100, false).unwrap();
+        marking.read_ahead(0, READ_AHEAD_CHUNK);
+        for i in 0..5 {
+            let after = (i * READ_AHEAD_CHUNK) as i64;
+            let rows = marking.take_read(after, READ_AHEAD_CHUNK).unwrap();
+            assert_eq!(rows.len(), READ_AHEAD_CHUNK);
+            assert_eq!(
+                rows.last().map(|r| r.id),
+                Some(after + READ_AHEAD_CHUNK as i64)
+            );
+        }
+        marking.read_ahead(0, READ_AHEAD_CHUNK + 1);
+        assert!(marking.take_read(0, READ_AHEAD_CHUNK + 1).is_none());
+    }
+
+    #[test]
+    fn dropping_the_marking_commits_what_was_handed_over() {
+        let (m, commits) = fake(10, None);
+        let marking = Marking::start(m, 1000, false).unwrap();
+        marking.hand(&mut vec![1, 2, 3]).unwrap();
+        drop(marking);
+        assert_eq!(commits.lock().unwrap().concat(), vec![1, 2, 3]);
+    }
+}
