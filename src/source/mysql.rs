@@ -699,6 +699,7 @@ impl Source for Mysql {
             own_tables: self.own_tables,
             margin_s: self.margin_s,
             floor: self.floor,
+            notes: Vec::new(),
         }))
     }
 

@@ -355,8 +355,10 @@ impl Sqlite {
             lock_path: self.lock_path.clone(),
             lock: None,
             indexed: self.indexed,
+            old_index: self.old_index,
             own_tables: self.own_tables,
             state_table: self.state_table,
+            notes: Vec::new(),
         })
     }
 }
