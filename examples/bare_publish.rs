@@ -25,9 +25,10 @@
 //!
 //! `--v5` runs the same loop over rumqttc's MQTT 5 client
 //! (`rumqttc::v5::Client`), putting on the wire what frameflush puts there
-//! for a JSON payload under MQTT 5: content type `application/json`,
-//! payload format indicator 1, and topic aliases up to the broker's Topic
-//! Alias Maximum, an alias sent alone only once the PUBLISHes that set the
+//! for a JSON payload under MQTT 5 by default: topic aliases up to the
+//! broker's Topic Alias Maximum (and with `--content-type`, as frameflush's
+//! `--content-type`, content type `application/json` and payload format
+//! indicator 1), an alias sent alone only once the PUBLISHes that set the
 //! aliases were acknowledged (the first round of nodes is waited for). The
 //! window is capped by the broker's Receive Maximum, as frameflush's is; the
 //! JSON line then also gives `"protocol":"5"`, the window used and what the
@@ -42,7 +43,7 @@ use rumqttc::{Client, Event, MqttOptions, Outgoing, Packet, QoS};
 /// Node names cycle like the seed example's: twelve nodes.
 const NODES: u64 = 12;
 
-/// What frameflush's MQTT 5 session says a JSON payload is.
+/// What frameflush's MQTT 5 session says a JSON payload is, when asked.
 const CONTENT_TYPE_JSON: &str = "application/json";
 
 struct Args {
@@ -55,6 +56,9 @@ struct Args {
     pause: Duration,
     /// MQTT 5 instead of 3.1.1.
     v5: bool,
+    /// Under MQTT 5, content type and payload format indicator on every
+    /// PUBLISH (frameflush's `--content-type`).
+    content_type: bool,
 }
 
 /// What one run did: its time, and under MQTT 5 the window it used and
@@ -71,7 +75,7 @@ struct Announced {
 }
 
 fn usage() -> String {
-    "usage: bare_publish [--host HOST] --port PORT [--count N] [--window W] [--pause-every N --pause-us U] [--v5]"
+    "usage: bare_publish [--host HOST] --port PORT [--count N] [--window W] [--pause-every N --pause-us U] [--v5 [--content-type]]"
         .to_string()
 }
 
@@ -84,11 +88,16 @@ fn parse_args() -> Result<Args, String> {
         pause_every: 0,
         pause: Duration::ZERO,
         v5: false,
+        content_type: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         if flag == "--v5" {
             args.v5 = true;
+            continue;
+        }
+        if flag == "--content-type" {
+            args.content_type = true;
             continue;
         }
         let value = it
@@ -283,8 +292,8 @@ fn run_v5(args: &Args) -> Result<Done, String> {
         while sent < args.count && sent - acked < window && (sent < NODES || acked >= NODES) {
             let (topic, payload, alias) = next.next().ok_or("no message to send")?;
             let properties = PublishProperties {
-                payload_format_indicator: Some(1),
-                content_type: Some(CONTENT_TYPE_JSON.to_string()),
+                payload_format_indicator: args.content_type.then_some(1),
+                content_type: args.content_type.then(|| CONTENT_TYPE_JSON.to_string()),
                 topic_alias: *alias,
                 ..PublishProperties::default()
             };

@@ -161,7 +161,7 @@ pub fn messages(cfg: &Config, rows: Vec<Row>, out: &mut VecDeque<Message>) -> Ve
                         rows: Rows::One(row.id),
                         topic,
                         payload,
-                        json: cfg.payload == PayloadFormat::Json,
+                        json: cfg.content_type && cfg.payload == PayloadFormat::Json,
                     })
                 });
                 match made {
@@ -191,7 +191,7 @@ pub fn messages(cfg: &Config, rows: Vec<Row>, out: &mut VecDeque<Message>) -> Ve
                         rows: Rows::Frame(good.iter().map(|r| r.id).collect()),
                         topic,
                         payload,
-                        json: true,
+                        json: cfg.content_type,
                     }),
                     Err(why) => {
                         for row in &good {

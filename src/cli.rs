@@ -152,6 +152,9 @@ pub struct FlushArgs {
     /// payload format: json (one object per row, the default) or value (the bare value)
     #[argh(option)]
     pub payload: Option<String>,
+    /// under MQTT 5, label JSON payloads with content type application/json and payload format indicator 1 (22 bytes more per message; off by default)
+    #[argh(switch)]
+    pub content_type: bool,
     /// row (one message per row, the default) or frame (one JSON message per Waspmote frame: the rows sharing id_wasp, frame_number and timestamp)
     #[argh(option)]
     pub group: Option<String>,

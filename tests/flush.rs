@@ -760,3 +760,115 @@ fn a_lock_file_left_by_another_user_does_not_lock_the_service_out() {
     util::run_cmd(cmd, WAIT).expect_code(0);
     assert_eq!(marked_ids(&env.db(), 64).len(), 5);
 }
+
+/// What an MQTT 5 subscriber on a real mosquitto saw of each message: its
+/// content type and payload format indicator, as the broker forwarded them.
+struct V5Seen {
+    content_type: Option<String>,
+    payload_format: Option<u8>,
+}
+
+/// Subscribes to `sensors/#` over MQTT 5, runs `flush` (with `-V 5` and
+/// `args`) until `want` messages are in, and returns what arrived.
+fn v5_properties_seen(env: &TestEnv, broker: &Broker, args: &[&str], want: usize) -> Vec<V5Seen> {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{Client, Event, MqttOptions, mqttbytes::v5::Packet};
+    let mut opts = MqttOptions::new(
+        format!("test-v5-sub-{}", std::process::id()),
+        "127.0.0.1",
+        broker.port,
+    );
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut connection) = Client::new(opts, 10);
+    client.subscribe("sensors/#", QoS::AtLeastOnce).unwrap();
+    let deadline = Instant::now() + WAIT;
+    let mut subscribed = false;
+    while !subscribed && Instant::now() < deadline {
+        if let Ok(Ok(Event::Incoming(Packet::SubAck(_)))) =
+            connection.recv_timeout(Duration::from_millis(100))
+        {
+            subscribed = true;
+        }
+    }
+    assert!(subscribed, "the MQTT 5 subscriber got no SUBACK");
+    let (db, url) = (env.db_arg(), broker.url());
+    let mut argv = vec!["flush", "--db", db.as_str(), "-L", url.as_str(), "-V", "5"];
+    argv.extend_from_slice(args);
+    env.run(&argv).expect_code(0);
+    let mut seen = Vec::new();
+    while seen.len() < want && Instant::now() < deadline {
+        if let Ok(Ok(Event::Incoming(Packet::Publish(p)))) =
+            connection.recv_timeout(Duration::from_millis(100))
+        {
+            let props = p.properties.unwrap_or_default();
+            seen.push(V5Seen {
+                content_type: props.content_type,
+                payload_format: props.payload_format_indicator,
+            });
+        }
+    }
+    assert_eq!(seen.len(), want, "messages the MQTT 5 subscriber received");
+    let _ = client.disconnect();
+    seen
+}
+
+/// Every row unsent again, for the next run.
+fn unmark_all(env: &TestEnv) {
+    rusqlite::Connection::open(env.db())
+        .unwrap()
+        .execute("UPDATE sensorParser SET sync = 0", [])
+        .unwrap();
+}
+
+#[test]
+fn json_messages_carry_no_content_type_or_payload_format_indicator_under_mqtt_5_by_default() {
+    let env = TestEnv::new("no-content-type");
+    env.seed(24);
+    let broker = Broker::start(&env);
+    // One message per row, then one per frame (the seed's frames are of one
+    // row each: consecutive rows are of different nodes).
+    let rows = v5_properties_seen(&env, &broker, &[], 24);
+    assert!(
+        rows.iter()
+            .all(|m| m.content_type.is_none() && m.payload_format.is_none()),
+        "a default run adds no properties to a PUBLISH"
+    );
+    unmark_all(&env);
+    let frames = v5_properties_seen(&env, &broker, &["--group", "frame"], 24);
+    assert!(
+        frames
+            .iter()
+            .all(|m| m.content_type.is_none() && m.payload_format.is_none())
+    );
+    assert_eq!(marked_ids(&env.db(), 64), (1..=24).collect());
+}
+
+#[test]
+fn json_messages_carry_content_type_and_payload_format_indicator_when_asked_by_flag_or_config_key()
+{
+    let env = TestEnv::new("content-type");
+    env.seed(24);
+    let broker = Broker::start(&env);
+    let json = |seen: &[V5Seen]| {
+        seen.iter().all(|m| {
+            m.content_type.as_deref() == Some("application/json") && m.payload_format == Some(1)
+        })
+    };
+    let rows = v5_properties_seen(&env, &broker, &["--content-type"], 24);
+    assert!(json(&rows), "--content-type labels every JSON row");
+    unmark_all(&env);
+    env.write(
+        "config.json",
+        "{\"content-type\": true, \"group\": \"frame\"}",
+    );
+    let frames = v5_properties_seen(&env, &broker, &["--config", "config.json"], 24);
+    assert!(json(&frames), "the config key labels every frame");
+    // A bare value is not JSON: nothing to label, even when asked.
+    unmark_all(&env);
+    let values = v5_properties_seen(&env, &broker, &["--content-type", "--payload", "value"], 24);
+    assert!(
+        values
+            .iter()
+            .all(|m| m.content_type.is_none() && m.payload_format.is_none())
+    );
+}

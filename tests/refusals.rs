@@ -623,7 +623,8 @@ fn v5_size(topic: usize, payload: usize) -> usize {
 }
 
 #[test]
-fn json_messages_carry_their_content_type_and_repeated_topics_go_as_aliases_under_mqtt_5() {
+fn json_messages_carry_their_content_type_when_asked_and_repeated_topics_go_as_aliases_under_mqtt_5()
+ {
     let env = TestEnv::new("props");
     env.seed(40);
     let fake = FakeBroker::start(FakeConfig {
@@ -644,6 +645,7 @@ fn json_messages_carry_their_content_type_and_repeated_topics_go_as_aliases_unde
         "1",
         "-t",
         "sensors/{id_wasp}",
+        "--content-type",
     ])
     .expect_code(0);
     let published = fake.published();

@@ -80,8 +80,9 @@ pub struct Message {
     pub rows: Rows,
     pub topic: String,
     pub payload: Vec<u8>,
-    /// The payload is JSON: under MQTT 5 it says so (content type
-    /// `application/json`, payload format indicator 1).
+    /// The payload is JSON and `--content-type` asks to say so: under MQTT
+    /// 5 it carries content type `application/json`, payload format
+    /// indicator 1.
     pub json: bool,
 }
 
