@@ -161,7 +161,7 @@ pub struct FlushArgs {
     /// the sync bit of this destination: a power of two (default 64, Meshlium's MQTT bit)
     #[argh(option)]
     pub sync_mask: Option<u64>,
-    /// rows read from the database at a time, and marked per transaction (default 200)
+    /// rows read from the database at a time; marks are committed once this many acknowledged rows wait (default 200)
     #[argh(option)]
     pub batch: Option<u32>,
     /// unacknowledged PUBLISHes in flight at most, 1 to 65535 (default 100)
@@ -188,7 +188,7 @@ pub struct FlushArgs {
     /// runs that may fail to turn a row into a message before it is quarantined (default 3)
     #[argh(option)]
     pub max_attempts: Option<u32>,
-    /// MQTT version: 5, 311 (also mqttv5, mqttv311) or auto (the default: 5, falling back to 3.1.1 when the broker does not speak it)
+    /// MQTT version: 5, 311 (also mqttv5, mqttv311) or auto (the default: 5, and 3.1.1 only when the broker answers as a 3.1.1-only one)
     #[argh(option, short = 'V')]
     pub protocol_version: Option<String>,
     /// write Prometheus metrics (textfile-collector format) to this file at the end of each run

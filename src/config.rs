@@ -106,7 +106,7 @@ pub struct Config {
     pub content_type: bool,
     /// One message per row, or per Waspmote frame.
     pub group: Group,
-    /// Rows read per SELECT and marked per transaction at most.
+    /// Rows read per SELECT; the marking thread commits once this many acknowledged rows wait.
     pub batch: usize,
     /// Unacknowledged PUBLISHes at most.
     pub inflight: u16,
@@ -169,7 +169,7 @@ impl Protocol {
 /// `-V/--protocol-version`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wanted {
-    /// MQTT 5, falling back to 3.1.1 when the broker does not speak it.
+    /// MQTT 5, and 3.1.1 only when the broker answers as a 3.1.1-only one (see `blame`).
     Auto,
     Only(Protocol),
 }
