@@ -652,7 +652,9 @@ fn kind_of(name: &str) -> Option<Kind> {
         "protocol-version" => Kind::Choice(&["5", "311", "mqttv5", "mqttv311", "3.1.1", "auto"]),
         "message" => Kind::Message,
         "topic-file" | "message-file" => Kind::Path,
-        "dry-run" | "json" | "verbose" | "debug" | "quiet" | "insecure" | "content-type" => Kind::Switch,
+        "dry-run" | "json" | "verbose" | "debug" | "quiet" | "insecure" | "content-type" => {
+            Kind::Switch
+        }
         // check's own switch (no config key).
         "no-publish" => Kind::Switch,
         _ => return None,
