@@ -28,6 +28,51 @@
 //! error (PUBACKs it queued in `state.events`) is handed out first, then
 //! the error.
 
+/// `Wire::next` and `Wire::leftovers`, written once for both clients: the
+/// same code over rumqttc's 3.1.1 and v5 types (`Connection`, `Event as
+/// Ev`, `TryRecvError`, `RecvTimeoutError`), which share no trait. Expanded
+/// inside each `impl Wire`, where those names and `self.event`/`self.fault`
+/// are the client's own.
+macro_rules! wire_events {
+    () => {
+        fn next(&mut self, wait: Duration) -> Next {
+            // An event already there is taken without a timer: recv_timeout's
+            // runtime entry and timer cost more than the event (callgrind).
+            let got = match self.connection.try_recv() {
+                Ok(event) => Ok(event),
+                Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
+                Err(TryRecvError::Empty) => self.connection.recv_timeout(wait),
+            };
+            let event = match got {
+                Ok(Ok(event)) => event,
+                Ok(Err(e)) => return Next::Failed(self.fault(e)),
+                Err(RecvTimeoutError::Timeout) => return Next::Idle,
+                Err(RecvTimeoutError::Disconnected) => return Next::Ended,
+            };
+            if self.log.debug {
+                crate::sys::say!("frameflush: mqtt: {event:?}");
+            }
+            Next::Event(self.event(event))
+        }
+
+        fn leftovers(&mut self) -> Vec<Event> {
+            let events: Vec<Ev> = self.connection.eventloop.state.events.drain(..).collect();
+            events
+                .into_iter()
+                .map(|e| {
+                    if self.log.debug {
+                        crate::sys::say!(
+                            "frameflush: mqtt (read before the connection failed): {e:?}"
+                        );
+                    }
+                    self.event(e)
+                })
+                .collect()
+        }
+    };
+}
+use wire_events;
+
 pub mod reason;
 mod v311;
 mod v5;

@@ -146,38 +146,8 @@ impl Wire for V311 {
             .map_err(|e| e.to_string())
     }
 
-    fn next(&mut self, wait: Duration) -> Next {
-        // An event already there is taken without a timer: recv_timeout's
-        // runtime entry and timer cost more than the event (callgrind).
-        let got = match self.connection.try_recv() {
-            Ok(event) => Ok(event),
-            Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
-            Err(TryRecvError::Empty) => self.connection.recv_timeout(wait),
-        };
-        let event = match got {
-            Ok(Ok(event)) => event,
-            Ok(Err(e)) => return Next::Failed(self.fault(e)),
-            Err(RecvTimeoutError::Timeout) => return Next::Idle,
-            Err(RecvTimeoutError::Disconnected) => return Next::Ended,
-        };
-        if self.log.debug {
-            crate::sys::say!("frameflush: mqtt: {event:?}");
-        }
-        Next::Event(self.event(event))
-    }
-
-    fn leftovers(&mut self) -> Vec<Event> {
-        let events: Vec<Ev> = self.connection.eventloop.state.events.drain(..).collect();
-        events
-            .into_iter()
-            .map(|e| {
-                if self.log.debug {
-                    crate::sys::say!("frameflush: mqtt (read before the connection failed): {e:?}");
-                }
-                self.event(e)
-            })
-            .collect()
-    }
+    // The event loop's two calls, the same for both clients.
+    super::wire_events!();
 
     fn disconnect(&mut self) -> bool {
         self.client.try_disconnect().is_ok()
