@@ -319,7 +319,7 @@ fn a_subscription_the_broker_refuses_is_a_warning_and_the_puback_alone_is_report
 fn a_broker_that_is_down_gives_69_and_the_steps_that_need_it_are_skipped() {
     let env = TestEnv::new("check-down");
     seeded(&env, 5);
-    let url = format!("mqtt://127.0.0.1:{}", util::free_port());
+    let url = format!("mqtt://127.0.0.1:{}", util::refused_port());
     let run = check(&env, &args(&env.db_arg(), &url, "5"), None);
     run.expect_code(69)
         .expect_one_error_line("connection refused");
@@ -683,7 +683,7 @@ fn json_prints_one_valid_object_with_every_step_and_the_exit_status() {
     let trip = steps.iter().find(|s| s["name"] == "round-trip").unwrap();
     assert_eq!(trip["figures"]["echo"], true);
     // A failing check: the object carries the status and the error line.
-    let down = format!("mqtt://127.0.0.1:{}", util::free_port());
+    let down = format!("mqtt://127.0.0.1:{}", util::refused_port());
     let mut a = args(&db, &down, "5");
     a.push("--json");
     let run = check(&env, &a, None);

@@ -839,7 +839,7 @@ fn rows_whose_sync_is_null_are_unsent_all_300_are_sent_marked_and_counted_throug
     let other = util::accounting::assert_accounted(&env, &env.db(), 1);
     assert_eq!(other.waiting, 300 - 300 / 7 + 300 / 70, "{other:?}");
     // The idle run after reads nothing and connects nowhere.
-    let dead = format!("mqtt://127.0.0.1:{}", util::free_port());
+    let dead = format!("mqtt://127.0.0.1:{}", util::refused_port());
     run_flush(&env, &env.db(), &dead, false, &[]).expect_code(0);
 }
 
@@ -912,7 +912,7 @@ fn an_index_from_before_null_was_unsent_is_replaced_by_the_next_run_and_the_plan
     let a = util::accounting::assert_accounted(&env, &env.db(), MASK);
     assert_eq!(a.sent, 300);
     // A second run has nothing to replace and nothing to say about it.
-    let dead = format!("mqtt://127.0.0.1:{}", util::free_port());
+    let dead = format!("mqtt://127.0.0.1:{}", util::refused_port());
     let idle = run_flush(&env, &env.db(), &dead, false, &["-v"]);
     idle.expect_code(0);
     assert!(!idle.stderr.contains("replaced"), "{}", idle.stderr);

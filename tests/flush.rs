@@ -135,7 +135,7 @@ fn a_run_with_nothing_to_send_exits_0_prints_nothing_and_never_connects() {
     let mut c = env.seed(0);
     util::insert_rows(&mut c, 100, 64);
     // Nothing listens on this port: connecting would fail with 69.
-    let port = util::free_port().to_string();
+    let port = util::refused_port().to_string();
     let db = env.db_arg();
     let run = env.run(&["flush", "--db", &db, "--host", "127.0.0.1", "--port", &port]);
     run.expect_code(0);
@@ -152,7 +152,7 @@ fn a_run_with_nothing_to_send_exits_0_prints_nothing_and_never_connects() {
 fn a_broker_that_is_not_running_gives_69_and_marks_nothing() {
     let env = TestEnv::new("nobroker");
     env.seed(10);
-    let url = format!("mqtt://127.0.0.1:{}", util::free_port());
+    let url = format!("mqtt://127.0.0.1:{}", util::refused_port());
     let db = env.db_arg();
     let mut args = flush_args(&db, &url);
     args.push("--json");

@@ -1718,7 +1718,7 @@ fn every_check_flag_refuses_the_table_of_certainly_bad_values_with_64_and_a_fail
         "closed.json",
         &format!(
             "{{\"host\": \"127.0.0.1\", \"port\": {}}}",
-            util::free_port()
+            util::refused_port()
         ),
     );
     for flag in flags_of(&f.env, "check") {

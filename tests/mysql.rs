@@ -73,7 +73,7 @@ fn a_backlog_in(create: &str, label: &str) {
         .unwrap();
     assert_eq!(stamps, ["2026-11-24 10:00:00"], "timestamps unchanged");
     // Nothing to send: exit 0 without connecting (no broker listens there).
-    let dead = format!("mqtt://127.0.0.1:{}", util::free_port());
+    let dead = format!("mqtt://127.0.0.1:{}", util::refused_port());
     let idle = mariadb::run(&env, &["flush", "--db", &url, "-L", &dead]);
     idle.expect_code(0);
     assert_eq!(idle.stderr, "");
@@ -634,7 +634,7 @@ fn an_idle_run_on_a_million_marked_rows_reads_a_range_of_the_primary_key_not_the
         .unwrap();
     assert_eq!(total, 1_024_000);
     let url = db.url();
-    let dead = format!("mqtt://127.0.0.1:{}", util::free_port());
+    let dead = format!("mqtt://127.0.0.1:{}", util::refused_port());
     // The first run sets the mark (MyISAM: no margin) and scans once.
     mariadb::run(&env, &["flush", "--db", &url, "-L", &dead]).expect_code(0);
     assert_eq!(db.state("hwm:64").as_deref(), Some("1024000"));
@@ -1158,7 +1158,7 @@ fn rows_whose_sync_is_null_are_unsent_all_300_are_sent_marked_and_counted_on_mys
     assert_eq!(other.waiting, 262, "{other:?}");
     // The idle runs after (the one that moves the mark, then one on it)
     // read a range of the primary key after the mark.
-    let dead = format!("mqtt://127.0.0.1:{}", util::free_port());
+    let dead = format!("mqtt://127.0.0.1:{}", util::refused_port());
     mariadb::run(&env, &["flush", "--db", &url, "-L", &dead]).expect_code(0);
     let idle = mariadb::run(&env, &["flush", "--db", &url, "-L", &dead, "-d"]);
     idle.expect_code(0);

@@ -346,7 +346,32 @@ pub fn marked_ids(db: &Path, mask: i64) -> BTreeSet<i64> {
         .collect()
 }
 
-/// A port nothing listens on right now.
+/// A port on 127.0.0.1 that refuses connections, and keeps refusing them
+/// while the tests run: one below the kernel's ephemeral range, where no
+/// `free_port` (and so no server a test starts) ever lands. A port that
+/// was free a moment ago may be taken by another test's server before it is
+/// used; this one cannot.
+pub fn refused_port() -> u16 {
+    let low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768);
+    (1024..low.min(30000))
+        .rev()
+        .step_by(97)
+        .find(|&p| {
+            matches!(
+                std::net::TcpStream::connect_timeout(
+                    &std::net::SocketAddr::from(([127, 0, 0, 1], p)),
+                    Duration::from_secs(1)
+                ),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            )
+        })
+        .expect("a port below the ephemeral range that refuses connections")
+}
+
+/// A port nothing listens on right now (for a server to take).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
