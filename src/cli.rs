@@ -161,7 +161,7 @@ pub struct FlushArgs {
     /// the sync bit of this destination: a power of two (default 64, Meshlium's MQTT bit)
     #[argh(option)]
     pub sync_mask: Option<u64>,
-    /// rows read from the database at a time; marks are committed once this many acknowledged rows wait (default 200)
+    /// rows read from the database at a time (default 200)
     #[argh(option)]
     pub batch: Option<u32>,
     /// unacknowledged PUBLISHes in flight at most, 1 to 65535 (default 100)

@@ -38,7 +38,7 @@ use crate::batch::{
 use crate::blame::{self, Loss, Trial, Verdict as Blamed};
 use crate::config::{Config, Group, Log};
 use crate::error::{Error, Exit, Result};
-use crate::marker::{MAX_UNMARKED, Marking};
+use crate::marker::{COMMIT_ROWS, MAX_UNMARKED, Marking};
 use crate::session::reason::Verdict;
 use crate::session::{Blame, Broken, Message, Options, Polled, Refusal, Rows, Session, Unsent};
 use crate::source::Source;
@@ -169,6 +169,9 @@ pub struct Drain<'a> {
     refused: Vec<(i64, String)>,
     /// The marking thread, started with the first acknowledgement.
     marking: Option<Marking>,
+    /// State entries a connection learned (the broker's protocol), not yet
+    /// handed to the marking thread: they are written with the next marks.
+    learned: Vec<(String, String)>,
     /// Rows marked before this drain began.
     marked_before: u64,
     last_progress: Instant,
@@ -237,6 +240,7 @@ impl<'a> Drain<'a> {
             oldest_unmarked_ack: None,
             refused: Vec::new(),
             marking: None,
+            learned: Vec::new(),
             marked_before,
             last_progress: Instant::now(),
             progress: Progress::new(cfg.log),
@@ -296,12 +300,27 @@ impl<'a> Drain<'a> {
         Ok(())
     }
 
+    /// A value of the source's state, or the one learned since.
+    fn state(&self, key: &str) -> Result<Option<String>> {
+        match self.learned.iter().rev().find(|(k, _)| k == key) {
+            Some((_, v)) => Ok(Some(v.clone())),
+            None => self.db.state(key),
+        }
+    }
+
+    /// Keeps a state entry to write with the next marks.
+    fn learn(&mut self, key: String, value: String) {
+        self.learned.retain(|(k, _)| *k != key);
+        self.learned.push((key, value));
+    }
+
     /// Connects, with the protocol remembered for this broker, and
-    /// remembers what was negotiated when it is news.
+    /// remembers what was negotiated when it is news (written with the
+    /// next marks: no commit of its own).
     fn connect(&mut self) -> Result<Session> {
         let cfg = self.cfg;
         let key = protocol_key(cfg);
-        let remembered = self.db.state(&key)?;
+        let remembered = self.state(&key)?;
         let options = Options {
             broker: &cfg.broker,
             inflight: cfg.inflight,
@@ -316,7 +335,7 @@ impl<'a> Drain<'a> {
             Some(self.hard_deadline),
         )?;
         if let Some(value) = learned {
-            self.db.set_state(&key, &value)?;
+            self.learn(key, value);
         }
         let last = format!(
             "{} {}:{}",
@@ -325,8 +344,8 @@ impl<'a> Drain<'a> {
             cfg.broker.port
         );
         let mask_key = last_protocol_key(cfg.target.sync_mask);
-        if self.db.state(&mask_key)?.as_deref() != Some(last.as_str()) {
-            self.db.set_state(&mask_key, &last)?;
+        if self.state(&mask_key)?.as_deref() != Some(last.as_str()) {
+            self.learn(mask_key, last);
         }
         self.summary.protocol = Some(session.protocol().short());
         Ok(session)
@@ -1007,16 +1026,17 @@ impl<'a> Drain<'a> {
         self.oldest_unmarked_ack = None;
         if self.marking.is_none() {
             let marker = self.db.marker()?;
-            // A commit starts at half the cap at the latest: the drain
-            // never waits on a batch that cannot fill up.
+            let reader = self.db.reader()?;
             self.marking = Some(Marking::start(
                 marker,
-                self.cfg.batch.min(MAX_UNMARKED / 2),
+                reader,
+                COMMIT_ROWS,
                 self.cfg.log.verbose,
             )?);
             self.read_ahead();
         }
         if let Some(m) = &self.marking {
+            m.hand_states(&mut self.learned)?;
             m.hand(&mut self.acked)?;
             self.summary.marked = self.marked_before + m.marked();
         }
@@ -1041,8 +1061,17 @@ impl<'a> Drain<'a> {
             self.note_quarantined(quarantined);
         }
         self.hand_off()?;
-        if let Some(m) = &self.marking {
-            self.summary.marked = self.marked_before + m.flush()?;
+        match &self.marking {
+            Some(m) => {
+                m.hand_states(&mut self.learned)?;
+                self.summary.marked = self.marked_before + m.flush()?;
+            }
+            // Nothing was acknowledged: no marks to write them with.
+            None => {
+                for (key, value) in std::mem::take(&mut self.learned) {
+                    self.db.set_state(&key, &value)?;
+                }
+            }
         }
         Ok(())
     }

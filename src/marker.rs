@@ -1,16 +1,27 @@
 //! Marking off the publishing path: a thread of its own commits the marks of
 //! acknowledged rows, on a connection of its own to the source
 //! ([`crate::source::Marker`]), while the publishing loop goes on reading
-//! PUBACKs and refilling the window.
+//! PUBACKs and refilling the window. The next unsent rows are read ahead
+//! beside it.
 //!
 //! The hand-off is a short list under a mutex: the drain appends the ids the
 //! broker acknowledged ([`Marking::hand`]); the thread takes everything
 //! there is and commits it in one transaction (group commit: the longer a
-//! commit takes, the more rows the next one carries), as soon as `--batch`
-//! rows are waiting or the oldest has waited [`MARK_INTERVAL`], or when the
-//! drain asks for everything to be committed ([`Marking::flush`]: before a
-//! reconnect selects rows again, and at the end of the run). The drain never
-//! waits for a commit but there.
+//! commit takes, the more rows the next one carries), as soon as
+//! [`COMMIT_ROWS`] rows are waiting or the oldest has waited
+//! [`MARK_INTERVAL`], or when the drain asks for everything to be committed
+//! ([`Marking::flush`]: before a reconnect selects rows again, and at the
+//! end of the run). The drain never waits for a commit but there. What a
+//! connection learned about the broker ([`Marking::hand_states`]) goes in
+//! the same transaction as the next marks: on a slow disk every commit
+//! costs several fsyncs.
+//!
+//! Reading ahead ([`Marking::read_ahead`], [`Marking::take_read`]) is done
+//! where a read does not wait for a commit: by a third connection on a
+//! thread of its own when the source allows it
+//! ([`crate::source::Source::reader`]: MySQL, SQLite in WAL mode), else by
+//! the marking thread between its commits, reads first (SQLite's rollback
+//! journal, where a commit holds the file's lock through its fsyncs).
 //!
 //! The rows acknowledged and not yet committed are bounded:
 //! [`Marking::unmarked`] counts them, and the drain publishes nothing while
@@ -19,7 +30,9 @@
 //!
 //! Rows count as marked only once their transaction committed. A marking
 //! error stops the thread; the drain gets it at its next hand-off and the
-//! run ends with it, as when marks were made on the publishing loop.
+//! run ends with it, as when marks were made on the publishing loop. A
+//! reading error only ends the reading ahead: the drain reads that chunk
+//! itself and meets the error there if it stays.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -37,13 +50,27 @@ pub const MARK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Rows acknowledged by the broker and not yet committed as marked, at most:
 /// publishing pauses while this many wait. With the window, the most a
-/// killed run sends again (README, "Duplicates are bounded").
-pub const MAX_UNMARKED: usize = 4000;
+/// killed run sends again (README, "Duplicates are bounded"). A commit on a
+/// slow disk (four fsyncs of 5 ms in a rollback journal) carries what came
+/// while the one before it was under way: at 80,000 rows/s about 2,000, and
+/// as many again arrive while it commits; the cap leaves room for twice that.
+pub const MAX_UNMARKED: usize = 8000;
 
-/// Rows read ahead per SELECT of the marking thread: a commit in progress
-/// delays the next read, so the rows read ahead must last longer than a
-/// slow commit.
-const READ_AHEAD: usize = 2000;
+/// A commit starts once this many acknowledged rows wait (or the oldest has
+/// waited [`MARK_INTERVAL`]). Not fewer: every commit costs a journal of its
+/// own and its fsyncs whatever it carries, and commits of 200 rows cost
+/// three times the CPU per row of commits of 2,000 (`UPDATE` in one
+/// transaction each, rollback journal, this machine: 3.3 against 0.9 µs per
+/// row), CPU the publishing loop and a broker on the same machine need.
+pub const COMMIT_ROWS: usize = 2000;
+
+/// Rows read ahead per SELECT of the marking thread, which reads before it
+/// commits: a commit in progress delays the next read (in a rollback
+/// journal a read on another connection would wait for the commit's lock
+/// all the same), so a read is asked for while half of one is still held,
+/// and what is held must outlast a slow commit: 2,000 rows are 25 ms at
+/// 80,000 rows/s, a commit of four 5 ms fsyncs about 22 ms.
+const READ_AHEAD: usize = 4000;
 /// Chunks (`--batch`) of at most this many rows are read ahead.
 pub const READ_AHEAD_CHUNK: usize = READ_AHEAD / 2;
 
@@ -51,6 +78,9 @@ pub const READ_AHEAD_CHUNK: usize = READ_AHEAD / 2;
 struct State {
     /// Handed over, not yet being committed.
     pending: Vec<i64>,
+    /// State entries handed over ([`Marking::hand_states`]), committed with
+    /// the next marks.
+    states: Vec<(String, String)>,
     /// When the oldest of `pending` was handed over.
     since: Option<Instant>,
     /// Rows in the transaction under way.
@@ -59,12 +89,14 @@ struct State {
     marked: u64,
     /// The first marking error; the thread stops at it.
     error: Option<Error>,
-    /// Commit what is pending now, without waiting for `--batch` rows.
+    /// Commit what is pending now, without waiting for [`COMMIT_ROWS`].
     flush: bool,
     /// No more rows come: commit what is left and end.
     closed: bool,
-    /// The thread has ended (an error, the end, or a panic).
+    /// The committing thread has ended (an error, the end, or a panic).
     stopped: bool,
+    /// The reading thread has ended.
+    reader_stopped: bool,
     /// Rows read ahead: the next unsent rows after `ahead_after`, in id
     /// order (`None`: nothing read ahead).
     ahead_after: Option<i64>,
@@ -111,9 +143,15 @@ impl State {
 
 struct Shared {
     state: Mutex<State>,
-    /// The thread waits on it for rows (or a flush, or the end).
+    /// The committing thread waits on it for rows (or a flush, or the end),
+    /// and for reads when it makes them.
     work: Condvar,
-    /// The drain waits on it for commits.
+    /// The reading thread, when there is one, waits on it for a read.
+    read_work: Condvar,
+    /// Reads are made by a thread of their own ([`Marking::start`]'s
+    /// `reader`), not between commits.
+    separate_reader: bool,
+    /// The drain waits on it for commits and reads.
     done: Condvar,
     /// Handed over and not yet committed: `pending` plus `committing`, read
     /// by the drain without the lock before each PUBLISH.
@@ -121,6 +159,15 @@ struct Shared {
 }
 
 impl Shared {
+    /// Where a read to make is announced.
+    fn reads(&self) -> &Condvar {
+        if self.separate_reader {
+            &self.read_work
+        } else {
+            &self.work
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic in the marking thread poisons the lock; what it guards
         // (counts and a list of ids) is still consistent.
@@ -146,40 +193,74 @@ impl Drop for Stopped<'_> {
     }
 }
 
-/// The marking thread and its hand-off, for one run.
+/// Set when the reading thread ends however it ends: the drain then reads
+/// for itself.
+struct ReaderStopped<'a>(&'a Shared);
+
+impl Drop for ReaderStopped<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.lock();
+        st.reader_stopped = true;
+        st.reading = false;
+        self.0.done.notify_all();
+    }
+}
+
+/// The marking thread (and the reading thread, if any) and the hand-off,
+/// for one run.
 pub struct Marking {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
     batch: usize,
 }
 
 impl Marking {
     /// Starts the thread that commits marks through `marker`, `batch` rows
+    /// ([`COMMIT_ROWS`] in a run)
     /// (or what waited [`MARK_INTERVAL`]) at least per commit; `verbose`:
     /// one line per commit.
-    pub fn start(marker: Box<dyn Marker>, batch: usize, verbose: bool) -> Result<Marking> {
+    pub fn start(
+        marker: Box<dyn Marker>,
+        reader: Option<Box<dyn Marker>>,
+        batch: usize,
+        verbose: bool,
+    ) -> Result<Marking> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             work: Condvar::new(),
+            read_work: Condvar::new(),
+            separate_reader: reader.is_some(),
             done: Condvar::new(),
             unmarked: AtomicUsize::new(0),
         });
-        let theirs = Arc::clone(&shared);
         let batch = batch.max(1);
-        let thread = std::thread::Builder::new()
+        let spawn_failed = |e: std::io::Error| {
+            Error::new(
+                Exit::TempFail,
+                format!("cannot start the marking thread: {e}"),
+            )
+        };
+        let theirs = Arc::clone(&shared);
+        let committing = std::thread::Builder::new()
             .name("frameflush-mark".into())
             .spawn(move || commit_loop(&theirs, marker, batch, verbose))
-            .map_err(|e| {
-                Error::new(
-                    Exit::TempFail,
-                    format!("cannot start the marking thread: {e}"),
-                )
-            })?;
-        Ok(Marking {
+            .map_err(spawn_failed)?;
+        let mut marking = Marking {
             shared,
-            thread: Some(thread),
+            threads: vec![committing],
             batch,
-        })
+        };
+        if let Some(reader) = reader {
+            let theirs = Arc::clone(&marking.shared);
+            // Dropped on failure: the committing thread ends as at the end
+            // of a run.
+            let reading = std::thread::Builder::new()
+                .name("frameflush-read".into())
+                .spawn(move || read_loop(&theirs, reader))
+                .map_err(spawn_failed)?;
+            marking.threads.push(reading);
+        }
+        Ok(marking)
     }
 
     /// Hands acknowledged ids over (emptying `ids`). Fails with the
@@ -223,7 +304,7 @@ impl Marking {
             st.reset_ahead();
             st.ahead_after = Some(after);
         }
-        st.refill_ahead(&self.shared.work, 0);
+        st.refill_ahead(self.shared.reads(), 0);
     }
 
     /// The next `limit` unsent rows after `after` (fewer at the table's
@@ -246,15 +327,15 @@ impl Marking {
                 if let Some(last) = rows.last() {
                     st.ahead_after = Some(last.id);
                 }
-                st.refill_ahead(&self.shared.work, limit);
+                st.refill_ahead(self.shared.reads(), limit);
                 return Some(rows);
             }
-            if st.read_error.is_some() || st.error.is_some() || st.stopped {
+            if st.read_error.is_some() || st.error.is_some() || st.stopped || st.reader_stopped {
                 st.reset_ahead();
                 return None;
             }
             // More than is held: a chunk larger than a read (--batch).
-            st.refill_ahead(&self.shared.work, limit);
+            st.refill_ahead(self.shared.reads(), limit);
             st = match self.shared.done.wait(st) {
                 Ok(g) => g,
                 Err(p) => p.into_inner(),
@@ -274,6 +355,26 @@ impl Marking {
             st.ahead.push_front(row);
         }
         st.ahead_after = Some(after);
+    }
+
+    /// Hands over entries of frameflush's state (what a connection
+    /// learned about the broker): they are written in the transaction of
+    /// the next marks, not in one of their own (on a slow disk every commit
+    /// costs several fsyncs). Fails with the marking error, if one came.
+    pub fn hand_states(&self, states: &mut Vec<(String, String)>) -> Result<()> {
+        let mut st = self.shared.lock();
+        if let Some(e) = &st.error {
+            return Err(e.clone());
+        }
+        if states.is_empty() {
+            return Ok(());
+        }
+        st.states.append(states);
+        if st.since.is_none() {
+            st.since = Some(Instant::now());
+            self.shared.work.notify_one();
+        }
+        Ok(())
     }
 
     /// Rows handed over and not yet committed.
@@ -317,7 +418,7 @@ impl Marking {
             if let Some(e) = &st.error {
                 return Err(e.clone());
             }
-            if st.pending.is_empty() && st.committing == 0 {
+            if st.pending.is_empty() && st.states.is_empty() && st.committing == 0 {
                 return Ok(st.marked);
             }
             if st.stopped {
@@ -334,17 +435,62 @@ impl Marking {
 }
 
 impl Drop for Marking {
-    /// What was handed over is committed, then the thread ends.
+    /// What was handed over is committed, then the threads end.
     fn drop(&mut self) {
         {
             let mut st = self.shared.lock();
             st.closed = true;
             self.shared.work.notify_one();
+            self.shared.read_work.notify_one();
         }
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
+}
+
+/// The reading thread, when reads need not wait for commits: makes the
+/// reads the drain asks for, one at a time, until closed.
+fn read_loop(shared: &Shared, reader: Box<dyn Marker>) {
+    let _stopped = ReaderStopped(shared);
+    let mut st = shared.lock();
+    while !st.closed {
+        let Some(after) = st.read_queued.take() else {
+            st = match shared.read_work.wait(st) {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            continue;
+        };
+        st = read_into(shared, st, &*reader, after);
+    }
+}
+
+/// Makes one read (the lock released meanwhile) and keeps its rows, unless
+/// the drain moved elsewhere since.
+fn read_into<'a>(
+    shared: &'a Shared,
+    mut st: MutexGuard<'a, State>,
+    reader: &dyn Marker,
+    after: i64,
+) -> MutexGuard<'a, State> {
+    let generation = st.generation;
+    st.reading = true;
+    drop(st);
+    let read = reader.read_ahead(after, READ_AHEAD);
+    let mut st = shared.lock();
+    st.reading = false;
+    if st.generation == generation {
+        match read {
+            Ok(rows) => {
+                st.ahead_complete = rows.len() < READ_AHEAD;
+                st.ahead.extend(rows);
+            }
+            Err(e) => st.read_error = Some(e),
+        }
+    }
+    shared.done.notify_all();
+    st
 }
 
 /// The marking thread: waits for rows, commits them, until closed or the
@@ -357,35 +503,24 @@ fn commit_loop(shared: &Shared, mut marker: Box<dyn Marker>, batch: usize, verbo
         if st.error.is_some() {
             break;
         }
-        if let Some(after) = st.read_queued.take() {
-            let generation = st.generation;
-            st.reading = true;
-            drop(st);
-            let read = marker.read_ahead(after, READ_AHEAD);
-            st = shared.lock();
-            st.reading = false;
-            if st.generation == generation {
-                match read {
-                    Ok(rows) => {
-                        st.ahead_complete = rows.len() < READ_AHEAD;
-                        st.ahead.extend(rows);
-                    }
-                    Err(e) => st.read_error = Some(e),
-                }
-            }
-            shared.done.notify_all();
+        // Reads first: the window waits for them.
+        if !shared.separate_reader
+            && let Some(after) = st.read_queued.take()
+        {
+            st = read_into(shared, st, &*marker, after);
             continue;
         }
         let due = st.flush
             || st.closed
             || st.pending.len() >= batch
             || st.since.is_some_and(|t| t.elapsed() >= MARK_INTERVAL);
-        if !st.pending.is_empty() && due {
+        if (!st.pending.is_empty() || !st.states.is_empty()) && due {
             std::mem::swap(&mut st.pending, &mut ids);
+            let states = std::mem::take(&mut st.states);
             st.since = None;
             st.committing = ids.len();
             drop(st);
-            let result = marker.commit_marks(&ids);
+            let result = marker.commit_marks(&ids, &states);
             st = shared.lock();
             st.committing = 0;
             shared.unmarked.fetch_sub(ids.len(), Ordering::Release);
@@ -406,7 +541,7 @@ fn commit_loop(shared: &Shared, mut marker: Box<dyn Marker>, batch: usize, verbo
             shared.done.notify_all();
             continue;
         }
-        if st.pending.is_empty() {
+        if st.pending.is_empty() && st.states.is_empty() {
             st.flush = false;
             shared.done.notify_all();
             if st.closed {
@@ -441,13 +576,15 @@ mod tests {
     /// the `fail_at`-th commit on.
     struct Fake {
         marked: Commits,
+        states: Arc<Mutex<Vec<(String, String)>>>,
         delay: Duration,
         fail_at: Option<usize>,
     }
 
     impl Marker for Fake {
-        fn commit_marks(&mut self, ids: &[i64]) -> Result<usize> {
+        fn commit_marks(&mut self, ids: &[i64], states: &[(String, String)]) -> Result<usize> {
             std::thread::sleep(self.delay);
+            self.states.lock().unwrap().extend(states.iter().cloned());
             let mut m = self.marked.lock().unwrap();
             if self.fail_at.is_some_and(|f| m.len() >= f) {
                 return Err(Error::new(Exit::IoErr, "disk full"));
@@ -470,16 +607,60 @@ mod tests {
         let marked = Arc::new(Mutex::new(Vec::new()));
         let f = Fake {
             marked: Arc::clone(&marked),
+            states: Arc::default(),
             delay: Duration::from_millis(delay_ms),
             fail_at,
         };
         (Box::new(f), marked)
     }
 
+    /// A handle that only reads (at once).
+    fn reader() -> Option<Box<dyn Marker>> {
+        Some(fake(0, None).0)
+    }
+
+    #[test]
+    fn with_a_reader_of_its_own_a_read_ahead_is_not_held_up_by_a_slow_commit() {
+        let (m, _) = fake(400, None);
+        let marking = Marking::start(m, reader(), 1, false).unwrap();
+        marking.hand(&mut vec![1, 2]).unwrap();
+        // The commit of 1 and 2 starts and takes 400 ms.
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        marking.read_ahead(0, 10);
+        let rows = marking.take_read(0, 10).unwrap();
+        assert_eq!(rows.len(), 10);
+        assert!(
+            t.elapsed() < Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(marking.flush().unwrap(), 2);
+    }
+
+    #[test]
+    fn without_one_reads_wait_for_the_commit_under_way_and_come_before_the_next() {
+        let (m, _) = fake(300, None);
+        let marking = Marking::start(m, None, 1, false).unwrap();
+        marking.hand(&mut vec![1, 2]).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let t = Instant::now();
+        marking.read_ahead(0, 10);
+        marking.hand(&mut vec![3]).unwrap();
+        assert_eq!(marking.take_read(0, 10).unwrap().len(), 10);
+        let waited = t.elapsed();
+        assert!(waited >= Duration::from_millis(150), "{waited:?}");
+        assert!(
+            waited < Duration::from_millis(550),
+            "{waited:?}: the read went after the next commit"
+        );
+        assert_eq!(marking.flush().unwrap(), 3);
+    }
+
     #[test]
     fn a_flush_commits_everything_handed_over_and_counts_it_only_then() {
         let (m, commits) = fake(20, None);
-        let marking = Marking::start(m, 100, false).unwrap();
+        let marking = Marking::start(m, None, 100, false).unwrap();
         let mut ids: Vec<i64> = (1..=10).collect();
         marking.hand(&mut ids).unwrap();
         assert!(ids.is_empty());
@@ -495,7 +676,7 @@ mod tests {
     #[test]
     fn a_slow_commit_makes_the_next_one_carry_more_rows() {
         let (m, commits) = fake(30, None);
-        let marking = Marking::start(m, 10, false).unwrap();
+        let marking = Marking::start(m, None, 10, false).unwrap();
         for chunk in (1..=200i64).collect::<Vec<_>>().chunks(10) {
             marking.hand(&mut chunk.to_vec()).unwrap();
             std::thread::sleep(Duration::from_millis(2));
@@ -513,7 +694,7 @@ mod tests {
     #[test]
     fn fewer_rows_than_a_batch_are_committed_after_the_interval_without_a_flush() {
         let (m, commits) = fake(0, None);
-        let marking = Marking::start(m, 1000, false).unwrap();
+        let marking = Marking::start(m, None, 1000, false).unwrap();
         marking.hand(&mut vec![7, 8]).unwrap();
         let t = Instant::now();
         while commits.lock().unwrap().is_empty() && t.elapsed() < Duration::from_secs(10) {
@@ -527,7 +708,7 @@ mod tests {
     #[test]
     fn a_marking_error_reaches_the_drain_and_the_rows_do_not_count() {
         let (m, _) = fake(0, Some(1));
-        let marking = Marking::start(m, 1, false).unwrap();
+        let marking = Marking::start(m, None, 1, false).unwrap();
         marking.hand(&mut vec![1]).unwrap();
         assert_eq!(marking.flush().unwrap(), 1);
         marking.hand(&mut vec![2]).unwrap();
@@ -541,7 +722,7 @@ mod tests {
     #[test]
     fn waiting_below_the_cap_returns_once_the_commit_made_room() {
         let (m, _) = fake(50, None);
-        let marking = Marking::start(m, 1000, false).unwrap();
+        let marking = Marking::start(m, None, 1000, false).unwrap();
         marking.hand(&mut (1..=500).collect()).unwrap();
         marking.wait_below(100, Duration::from_secs(10)).unwrap();
         assert!(marking.unmarked() < 100);
@@ -549,8 +730,15 @@ mod tests {
 
     #[test]
     fn a_chunk_read_ahead_is_given_for_the_same_place_only() {
+        for separate in [false, true] {
+            chunks_read_ahead(separate);
+        }
+    }
+
+    fn chunks_read_ahead(separate: bool) {
         let (m, _) = fake(0, None);
-        let marking = Marking::start(m, 100, false).unwrap();
+        let marking =
+            Marking::start(m, if separate { reader() } else { None }, 100, false).unwrap();
         marking.read_ahead(200, 3);
         let ids = |rows: &[Row]| rows.iter().map(|r| r.id).collect::<Vec<_>>();
         let rows = marking.take_read(200, 3).unwrap();
@@ -570,7 +758,7 @@ mod tests {
     #[test]
     fn chunks_of_up_to_half_a_read_ahead_are_read_ahead_and_larger_ones_not() {
         let (m, _) = fake(0, None);
-        let marking = Marking::start(m, 100, false).unwrap();
+        let marking = Marking::start(m, None, 100, false).unwrap();
         marking.read_ahead(0, READ_AHEAD_CHUNK);
         for i in 0..5 {
             let after = (i * READ_AHEAD_CHUNK) as i64;
@@ -586,9 +774,32 @@ mod tests {
     }
 
     #[test]
+    fn state_entries_go_in_the_next_commit_of_marks_and_a_flush_commits_them_alone() {
+        let marked: Commits = Arc::default();
+        let states: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+        let f = Fake {
+            marked: Arc::clone(&marked),
+            states: Arc::clone(&states),
+            delay: Duration::ZERO,
+            fail_at: None,
+        };
+        let marking = Marking::start(Box::new(f), None, 3, false).unwrap();
+        let entry = |k: &str| (k.to_string(), "v".to_string());
+        marking.hand_states(&mut vec![entry("a")]).unwrap();
+        marking.hand(&mut vec![1, 2, 3]).unwrap();
+        assert_eq!(marking.flush().unwrap(), 3);
+        assert_eq!(*states.lock().unwrap(), [entry("a")]);
+        assert_eq!(marked.lock().unwrap().len(), 1, "one transaction for both");
+        // Alone, at a flush.
+        marking.hand_states(&mut vec![entry("b")]).unwrap();
+        assert_eq!(marking.flush().unwrap(), 3);
+        assert_eq!(*states.lock().unwrap(), [entry("a"), entry("b")]);
+    }
+
+    #[test]
     fn dropping_the_marking_commits_what_was_handed_over() {
         let (m, commits) = fake(10, None);
-        let marking = Marking::start(m, 1000, false).unwrap();
+        let marking = Marking::start(m, None, 1000, false).unwrap();
         marking.hand(&mut vec![1, 2, 3]).unwrap();
         drop(marking);
         assert_eq!(commits.lock().unwrap().concat(), vec![1, 2, 3]);

@@ -155,8 +155,10 @@ pub struct LastRun {
 /// marks rows and nothing else. The run lock stays with the [`Source`] that
 /// made it.
 pub trait Marker: Send {
-    /// Marks the rows as [`Source::mark`] does, committed when it returns.
-    fn commit_marks(&mut self, ids: &[i64]) -> Result<usize>;
+    /// Marks the rows as [`Source::mark`] does, and writes the state
+    /// entries as [`Source::set_state`] does, in one transaction committed
+    /// when it returns.
+    fn commit_marks(&mut self, ids: &[i64], states: &[(String, String)]) -> Result<usize>;
 
     /// As [`Source::select_unsent`], on this connection: the next chunk
     /// read ahead, beside the publishing loop.
@@ -192,6 +194,15 @@ pub trait Source {
     /// A second connection to this database for the marking thread. Only
     /// a run with something acknowledged opens it.
     fn marker(&self) -> Result<Box<dyn Marker>>;
+
+    /// A handle of its own for reading the next rows ahead beside the
+    /// marking commits, when a read need not wait for a commit (InnoDB and
+    /// MyISAM reads, SQLite in WAL mode); `None` when it would (SQLite's
+    /// rollback journal: a commit holds the file's exclusive lock through
+    /// its fsyncs), and the marking thread reads between its commits.
+    fn reader(&self) -> Result<Option<Box<dyn Marker>>> {
+        Ok(None)
+    }
 
     /// Counts one more failed attempt for each row; a row that reaches
     /// `max_attempts` is quarantined. Returns how many rows this quarantined.

@@ -658,13 +658,21 @@ impl Mysql {
 }
 
 impl Marker for Mysql {
-    /// [`Source::mark`]'s statements in one transaction: on InnoDB one
-    /// commit (one log flush) for all of them, however many rows; MyISAM,
+    /// [`Source::mark`]'s statements, and the state entries, in one
+    /// transaction: on InnoDB one commit (one log flush) for all of them,
+    /// however many rows; MyISAM,
     /// which has no transactions, applies each statement at once, as
     /// before.
-    fn commit_marks(&mut self, ids: &[i64]) -> Result<usize> {
+    fn commit_marks(&mut self, ids: &[i64], states: &[(String, String)]) -> Result<usize> {
+        if !states.is_empty() {
+            // Before the transaction: CREATE TABLE would commit it.
+            self.ensure_own_tables()?;
+        }
         self.query_drop("mark rows in", "START TRANSACTION")?;
-        let n = match Source::mark(self, ids) {
+        let written = states
+            .iter()
+            .try_for_each(|(key, value)| Source::set_state(self, key, value));
+        let n = match written.and_then(|()| Source::mark(self, ids)) {
             Ok(n) => n,
             Err(e) => {
                 let _ = self.query_drop("mark rows in", "ROLLBACK");
@@ -701,6 +709,12 @@ impl Source for Mysql {
             floor: self.floor,
             notes: Vec::new(),
         }))
+    }
+
+    /// InnoDB reads do not wait for a commit, MyISAM's wait only for one
+    /// `UPDATE` statement: a third connection reads ahead.
+    fn reader(&self) -> Result<Option<Box<dyn Marker>>> {
+        self.marker().map(Some)
     }
 
     fn lock_run(&mut self) -> Result<()> {

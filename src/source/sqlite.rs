@@ -336,6 +336,35 @@ impl Sqlite {
     }
 }
 
+/// Sets `mask`'s bit on the given rows, in `tx`. Returns how many rows were
+/// updated (a row deleted meanwhile is not). Runs of consecutive ids (the
+/// usual case: acks come in order) go in one `BETWEEN` statement each; a
+/// range holds exactly the ids of its run, so no other row is touched.
+fn mark_in(tx: &rusqlite::Transaction<'_>, mask: i64, ids: &[i64]) -> rusqlite::Result<usize> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut st = tx.prepare_cached(MARK_SQL)?;
+    let mut n = 0;
+    let mut start = 0;
+    for i in 1..sorted.len() + 1 {
+        if i == sorted.len() || sorted[i] != sorted[i - 1] + 1 {
+            n += st.execute(params![mask, sorted[start], sorted[i - 1]])?;
+            start = i;
+        }
+    }
+    Ok(n)
+}
+
+/// Writes one entry of frameflush's state table, in `tx`.
+fn state_in(tx: &rusqlite::Transaction<'_>, key: &str, value: &str) -> rusqlite::Result<usize> {
+    tx.execute(
+        "INSERT INTO frameflush_state (key, value, updated_at) VALUES (?1, ?2, datetime('now'))
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+        [key, value],
+    )
+}
+
 impl Sqlite {
     /// A second handle on the same file, for the marking thread: a
     /// connection of its own with the same busy timeout, and no run lock
@@ -364,9 +393,20 @@ impl Sqlite {
 }
 
 impl Marker for Sqlite {
-    /// One IMMEDIATE transaction, as [`Source::mark`] makes it.
-    fn commit_marks(&mut self, ids: &[i64]) -> Result<usize> {
-        Source::mark(self, ids)
+    /// One IMMEDIATE transaction, as [`Source::mark`] makes it, with the
+    /// state entries in it.
+    fn commit_marks(&mut self, ids: &[i64], states: &[(String, String)]) -> Result<usize> {
+        if states.is_empty() {
+            return Source::mark(self, ids);
+        }
+        self.ensure_schema()?;
+        let mask = self.mask;
+        self.write("mark rows in", |tx| {
+            for (key, value) in states {
+                state_in(tx, key, value)?;
+            }
+            mark_in(tx, mask, ids)
+        })
     }
 
     fn read_ahead(&self, after: i64, limit: usize) -> Result<Vec<Row>> {
@@ -381,6 +421,23 @@ impl Source for Sqlite {
 
     fn marker(&self) -> Result<Box<dyn Marker>> {
         Ok(Box::new(self.second()?))
+    }
+
+    /// In WAL mode readers do not wait for a writer: a third connection
+    /// reads ahead. In a rollback journal the marking thread reads between
+    /// its commits (a read on another connection would wait for the
+    /// commit's lock all the same, and longer: SQLite's busy handler sleeps
+    /// in steps of 1, 2, 5, 10 ms).
+    fn reader(&self) -> Result<Option<Box<dyn Marker>>> {
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .map_err(|e| self.error("read", e))?;
+        if mode.eq_ignore_ascii_case("wal") {
+            Ok(Some(Box::new(self.second()?)))
+        } else {
+            Ok(None)
+        }
     }
 
     fn lock_run(&mut self) -> Result<()> {
@@ -504,22 +561,8 @@ impl Source for Sqlite {
         if ids.is_empty() {
             return Ok(0);
         }
-        let mut sorted = ids.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
         let mask = self.mask;
-        self.write("mark rows in", |tx| {
-            let mut st = tx.prepare_cached(MARK_SQL)?;
-            let mut n = 0;
-            let mut start = 0;
-            for i in 1..=sorted.len() {
-                if i == sorted.len() || sorted[i] != sorted[i - 1] + 1 {
-                    n += st.execute(params![mask, sorted[start], sorted[i - 1]])?;
-                    start = i;
-                }
-            }
-            Ok(n)
-        })
+        self.write("mark rows in", |tx| mark_in(tx, mask, ids))
     }
 
     /// Counts one more failed attempt for each row; a row that reaches
@@ -894,14 +937,8 @@ impl Source for Sqlite {
 
     fn set_state(&mut self, key: &str, value: &str) -> Result<()> {
         self.ensure_schema()?;
-        self.write("write to", |tx| {
-            tx.execute(
-                "INSERT INTO frameflush_state (key, value, updated_at) VALUES (?1, ?2, datetime('now'))
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
-                [key, value],
-            )
-        })
-        .map(|_| ())
+        self.write("write to", |tx| state_in(tx, key, value))
+            .map(|_| ())
     }
 
     /// The SQLite version and journal mode; whether this user can write
