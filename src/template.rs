@@ -213,7 +213,17 @@ impl Template {
     /// The text for this row (a topic is checked as a topic), or why there
     /// is none.
     pub fn render(&self, row: &Row) -> Result<String, RowError> {
-        let mut out = String::new();
+        // Room for the usual row at once: growing the text part by part
+        // cost three reallocations per row (callgrind).
+        let room: usize = self
+            .parts
+            .iter()
+            .map(|p| match p {
+                Part::Literal(s) => s.len(),
+                Part::Field(_) | Part::Date(_) => 24,
+            })
+            .sum();
+        let mut out = String::with_capacity(room);
         for part in &self.parts {
             match part {
                 Part::Literal(s) => out.push_str(s),
