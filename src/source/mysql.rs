@@ -660,9 +660,8 @@ impl Mysql {
 impl Marker for Mysql {
     /// [`Source::mark`]'s statements, and the state entries, in one
     /// transaction: on InnoDB one commit (one log flush) for all of them,
-    /// however many rows; MyISAM,
-    /// which has no transactions, applies each statement at once, as
-    /// before.
+    /// however many rows; MyISAM, which has no transactions, applies each
+    /// statement at once, as before.
     fn commit_marks(&mut self, ids: &[i64], states: &[(String, String)]) -> Result<usize> {
         if !states.is_empty() {
             // Before the transaction: CREATE TABLE would commit it.

@@ -347,7 +347,7 @@ fn mark_in(tx: &rusqlite::Transaction<'_>, mask: i64, ids: &[i64]) -> rusqlite::
     let mut st = tx.prepare_cached(MARK_SQL)?;
     let mut n = 0;
     let mut start = 0;
-    for i in 1..sorted.len() + 1 {
+    for i in 1..=sorted.len() {
         if i == sorted.len() || sorted[i] != sorted[i - 1] + 1 {
             n += st.execute(params![mask, sorted[start], sorted[i - 1]])?;
             start = i;
