@@ -1026,7 +1026,17 @@ impl<'a> Drain<'a> {
         self.oldest_unmarked_ack = None;
         if self.marking.is_none() {
             let marker = self.db.marker()?;
-            let reader = self.db.reader()?;
+            // A reader of its own only saves waiting: when its connection
+            // cannot be had (a server at its max_connections), the marking
+            // thread reads between its commits and the run goes on.
+            let reader = self.db.reader().unwrap_or_else(|e| {
+                if self.cfg.log.verbose {
+                    crate::sys::say!(
+                        "frameflush: rows are read ahead between marking commits: {e}"
+                    );
+                }
+                None
+            });
             self.marking = Some(Marking::start(
                 marker,
                 reader,

@@ -1225,3 +1225,49 @@ fn a_table_made_again_under_a_mark_that_stands_on_a_quarantined_row_is_caught_by
     let a = util::accounting::assert_accounted_mysql(&env, &db, 64);
     assert_eq!((a.sent, a.quarantined, a.total), (20, 0, 20));
 }
+
+#[test]
+fn a_user_allowed_three_connections_still_drains_everything_reading_ahead_between_commits() {
+    let env = TestEnv::new("my_three_conns");
+    let db = TestDb::new("threeconns");
+    let mut c = db.create(MESHLIUM_313);
+    insert_rows(&mut c, 3000, 0);
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let user = format!("three{}", std::process::id());
+    let account = format!("'{user}'@'127.0.0.1'");
+    let mut admin = db.server.admin();
+    // The run lock's connection, the run's own and the marking thread's:
+    // a fourth, to read ahead beside the commits, is refused.
+    admin
+        .query_drop(format!(
+            "CREATE USER {account} IDENTIFIED BY '{}' WITH MAX_USER_CONNECTIONS 3",
+            mariadb::PASSWORD
+        ))
+        .unwrap();
+    admin
+        .query_drop(format!("GRANT ALL ON `{}`.* TO {account}", db.name))
+        .unwrap();
+    let url = format!("mysql://{user}@127.0.0.1:{}/{}", db.server.port, db.name);
+    let burl = broker.url();
+    let args = ["flush", "--db", &url, "-L", &burl, "-t", "three/{id}", "-v"];
+    let run = mariadb::run(&env, &args);
+    run.expect_code(0);
+    assert!(
+        run.stderr
+            .contains("rows are read ahead between marking commits"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("max_user_connections"),
+        "{}",
+        run.stderr
+    );
+    let all: BTreeSet<i64> = (1..=3000).collect();
+    assert_eq!(db.marked_ids(64), all);
+    let got = wait_received(&sub, "three", &all);
+    assert_eq!(got.len(), 3000);
+    util::accounting::assert_accounted_mysql(&env, &db, 64);
+    admin.query_drop(format!("DROP USER {account}")).unwrap();
+}
