@@ -906,22 +906,8 @@ fn a_user_without_update_on_sensor_parser_fails_check_on_writable_with_77_and_fl
     let broker = Broker::start(&env);
     let sub = Subscriber::connect(broker.port, "#");
     let burl = broker.url();
-    let user = format!("ro{}", std::process::id());
-    let account = format!("'{user}'@'127.0.0.1'");
+    let (url, account) = db.user("ro", "", "SELECT", "sensorParser");
     let mut admin = db.server.admin();
-    admin
-        .query_drop(format!(
-            "CREATE USER {account} IDENTIFIED BY '{}'",
-            mariadb::PASSWORD
-        ))
-        .unwrap();
-    admin
-        .query_drop(format!(
-            "GRANT SELECT ON `{}`.sensorParser TO {account}",
-            db.name
-        ))
-        .unwrap();
-    let url = format!("mysql://{user}@127.0.0.1:{}/{}", db.server.port, db.name);
     let before = db.sync_bits();
     // SELECT only, frameflush's tables not there: both named, with the
     // GRANT that fixes each.
@@ -1234,21 +1220,10 @@ fn a_user_allowed_three_connections_still_drains_everything_reading_ahead_betwee
     insert_rows(&mut c, 3000, 0);
     let broker = Broker::start(&env);
     let sub = Subscriber::connect(broker.port, "#");
-    let user = format!("three{}", std::process::id());
-    let account = format!("'{user}'@'127.0.0.1'");
-    let mut admin = db.server.admin();
     // The run lock's connection, the run's own and the marking thread's:
     // a fourth, to read ahead beside the commits, is refused.
-    admin
-        .query_drop(format!(
-            "CREATE USER {account} IDENTIFIED BY '{}' WITH MAX_USER_CONNECTIONS 3",
-            mariadb::PASSWORD
-        ))
-        .unwrap();
-    admin
-        .query_drop(format!("GRANT ALL ON `{}`.* TO {account}", db.name))
-        .unwrap();
-    let url = format!("mysql://{user}@127.0.0.1:{}/{}", db.server.port, db.name);
+    let (url, account) = db.user("three", "WITH MAX_USER_CONNECTIONS 3", "ALL", "*");
+    let mut admin = db.server.admin();
     let burl = broker.url();
     let args = ["flush", "--db", &url, "-L", &burl, "-t", "three/{id}", "-v"];
     let run = mariadb::run(&env, &args);

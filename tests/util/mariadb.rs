@@ -309,6 +309,32 @@ impl TestDb {
         TestDb { name, server }
     }
 
+    /// A user of the test's own on 127.0.0.1 (`name` and this process's
+    /// id), with the harness's password and `limits` after it (`WITH …`,
+    /// or empty), granted `grant` on this database's `on` (`sensorParser`,
+    /// `*`). Returns its `--db` URL and its account, for more GRANTs.
+    pub fn user(&self, name: &str, limits: &str, grant: &str, on: &str) -> (String, String) {
+        let user = format!("{name}{}", std::process::id());
+        let account = format!("'{user}'@'127.0.0.1'");
+        let mut admin = self.server.admin();
+        admin
+            .query_drop(format!(
+                "CREATE USER {account} IDENTIFIED BY '{PASSWORD}' {limits}"
+            ))
+            .unwrap();
+        admin
+            .query_drop(format!(
+                "GRANT {grant} ON `{}`.{on} TO {account}",
+                self.name
+            ))
+            .unwrap();
+        let url = format!(
+            "mysql://{user}@127.0.0.1:{}/{}",
+            self.server.port, self.name
+        );
+        (url, account)
+    }
+
     /// What frameflush's `--db` takes (over TCP).
     pub fn url(&self) -> String {
         format!(
