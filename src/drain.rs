@@ -42,7 +42,7 @@ use crate::marker::{COMMIT_ROWS, MAX_UNMARKED, Marking};
 use crate::session::reason::Verdict;
 use crate::session::{Blame, Broken, Message, Options, Polled, Refusal, Rows, Session, Unsent};
 use crate::source::Source;
-use crate::summary::Summary;
+use crate::summary::{Summary, exit_status};
 
 use crate::marker::MARK_INTERVAL;
 /// How long the DISCONNECT may take to go out. With it, a run lasts at most
@@ -264,7 +264,9 @@ impl<'a> Drain<'a> {
     pub fn run(mut self, first: Chunk) -> Result<()> {
         // The caller counted the first chunk.
         self.high_water = first.rows.last().map_or(0, |r| r.id);
-        self.take(first)?;
+        if let Err(e) = self.take(first) {
+            return self.finish(Err(e), None);
+        }
         if self.queue.is_empty() && !self.more {
             return self.finish(Ok(()), None);
         }
@@ -1063,13 +1065,7 @@ impl<'a> Drain<'a> {
     /// Marks what was acknowledged (waiting for the marking thread's
     /// commit) and records what was refused.
     fn mark(&mut self) -> Result<()> {
-        self.oldest_unmarked_ack = None;
-        if !self.refused.is_empty() {
-            let refused = std::mem::take(&mut self.refused);
-            let quarantined = self.db.record_failures(&refused, self.cfg.max_attempts)?;
-            self.summary.refused_quarantined += quarantined;
-            self.note_quarantined(quarantined);
-        }
+        self.record_refused()?;
         self.hand_off()?;
         match &self.marking {
             Some(m) => {
@@ -1077,17 +1073,64 @@ impl<'a> Drain<'a> {
                 self.summary.marked = self.marked_before + m.flush()?;
             }
             // Nothing was acknowledged: no marks to write them with.
-            None => {
-                for (key, value) in std::mem::take(&mut self.learned) {
-                    self.db.set_state(&key, &value)?;
-                }
-            }
+            None => self.write_learned()?,
         }
         Ok(())
     }
 
+    fn record_refused(&mut self) -> Result<()> {
+        self.oldest_unmarked_ack = None;
+        if !self.refused.is_empty() {
+            let refused = std::mem::take(&mut self.refused);
+            let quarantined = self.db.record_failures(&refused, self.cfg.max_attempts)?;
+            self.summary.refused_quarantined += quarantined;
+            self.note_quarantined(quarantined);
+        }
+        Ok(())
+    }
+
+    /// State entries learned, written on their own: no marks to write them
+    /// with.
+    fn write_learned(&mut self) -> Result<()> {
+        for (key, value) in std::mem::take(&mut self.learned) {
+            self.db.set_state(&key, &value)?;
+        }
+        Ok(())
+    }
+
+    /// Records the run's end on the run's own connection: nothing was
+    /// acknowledged, or the last marks failed. A failure here is only said
+    /// (`-v`): the run's outcome is its exit status.
+    fn end_run(&mut self, failure: Option<&Error>) {
+        let exit = exit_status(self.summary, failure);
+        if let Err(e) = self.db.end_run(exit, self.summary.marked)
+            && self.cfg.log.verbose
+        {
+            crate::sys::say!("frameflush: could not record the run's outcome: {e}");
+        }
+    }
+
+    /// The run's last marks, with its end (`exit`) recorded in the same
+    /// transaction: on a slow disk one commit less at the end of every run.
+    /// Returns whether the end was recorded.
+    fn mark_last(&mut self, exit: Exit) -> Result<bool> {
+        self.record_refused()?;
+        self.hand_off()?;
+        let Some(m) = self.marking.take() else {
+            self.write_learned()?;
+            return Ok(false);
+        };
+        let handed = m.hand_states(&mut self.learned);
+        // The marking thread ends; its connection closes.
+        let (marked, ended) = m.finish(exit, self.marked_before);
+        self.summary.marked = self.marked_before + marked;
+        handed?;
+        ended
+    }
+
     /// Whatever was acknowledged is marked, also when the run failed; the
-    /// suspects are saved when they changed; the session says goodbye.
+    /// suspects are saved when they changed, and the run's end is recorded,
+    /// both with the last marks; the session says goodbye.
     fn finish(mut self, result: Result<()>, session: Option<Session>) -> Result<()> {
         let mut failure = result.err();
         // What stopped the publishing is the run's error, before any that
@@ -1095,22 +1138,16 @@ impl<'a> Drain<'a> {
         if let Some((e, _)) = self.stopped.take() {
             failure = Some(e);
         }
-        if let Err(e) = self.mark() {
-            failure.get_or_insert(e);
-        }
-        // The marking thread ends; its connection closes.
-        self.marking = None;
         // Not proven guilty: tried alone again by the next run, and the run
         // did not deliver everything.
         let takes_nothing = self.trial.takes_nothing();
-        if let Some(e) = self.unproven.take() {
-            let e = if takes_nothing {
+        let unproven = self.unproven.take().map(|e| {
+            if takes_nothing {
                 self.stop_error(&e)
             } else {
                 e
-            };
-            failure.get_or_insert(e);
-        }
+            }
+        });
         for (rows, _) in self.trial.unproven() {
             self.suspect(&rows);
         }
@@ -1121,12 +1158,23 @@ impl<'a> Drain<'a> {
                 .map(i64::to_string)
                 .collect::<Vec<_>>()
                 .join(" ");
-            if let Err(e) = self
-                .db
-                .set_state(&suspects_key(self.cfg.target.sync_mask), &value)
-            {
+            self.learned
+                .push((suspects_key(self.cfg.target.sync_mask), value));
+        }
+        // The end as it stands, unless the last commit fails.
+        let exit = exit_status(self.summary, failure.as_ref().or(unproven.as_ref()));
+        let ended = match self.mark_last(exit) {
+            Ok(ended) => ended,
+            Err(e) => {
                 failure.get_or_insert(e);
+                false
             }
+        };
+        if let Some(e) = unproven {
+            failure.get_or_insert(e);
+        }
+        if !ended {
+            self.end_run(failure.as_ref());
         }
         self.progress.finish();
         if let Some(session) = session {

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Exit, Result};
 use crate::row::Row;
-use crate::source::Marker;
+use crate::source::{Marker, RunEnd};
 
 /// Acknowledged rows are committed as marked at least this often, however
 /// slow the link.
@@ -93,6 +93,10 @@ struct State {
     flush: bool,
     /// No more rows come: commit what is left and end.
     closed: bool,
+    /// The run's end, to record in the last commit ([`Marking::finish`]),
+    /// and whether it was.
+    end: Option<RunEnd>,
+    ended: bool,
     /// The committing thread has ended (an error, the end, or a panic).
     stopped: bool,
     /// The reading thread has ended.
@@ -434,6 +438,35 @@ impl Marking {
     }
 }
 
+impl Marking {
+    /// Commits everything handed over with the run's end (`exit`, and the
+    /// rows marked before this drain, `marked_before`) in the same
+    /// transaction, and ends the threads. Returns the rows committed as
+    /// marked, and whether the end was recorded (not after a marking
+    /// error: the caller records it then, with the error's status).
+    pub fn finish(mut self, exit: Exit, marked_before: u64) -> (u64, Result<bool>) {
+        {
+            let mut st = self.shared.lock();
+            st.end = Some(RunEnd {
+                exit,
+                marked: marked_before,
+            });
+            st.closed = true;
+            self.shared.work.notify_one();
+            self.shared.read_work.notify_one();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let st = self.shared.lock();
+        let result = match &st.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(st.ended),
+        };
+        (st.marked, result)
+    }
+}
+
 impl Drop for Marking {
     /// What was handed over is committed, then the threads end.
     fn drop(&mut self) {
@@ -514,18 +547,26 @@ fn commit_loop(shared: &Shared, mut marker: Box<dyn Marker>, batch: usize, verbo
             || st.closed
             || st.pending.len() >= batch
             || st.since.is_some_and(|t| t.elapsed() >= MARK_INTERVAL);
-        if (!st.pending.is_empty() || !st.states.is_empty()) && due {
+        // Once closed nothing more is handed over: this commit is the last,
+        // and records the run's end.
+        let end = if st.closed { st.end.take() } else { None };
+        if (!st.pending.is_empty() || !st.states.is_empty() || end.is_some()) && due {
             std::mem::swap(&mut st.pending, &mut ids);
             let states = std::mem::take(&mut st.states);
             st.since = None;
             st.committing = ids.len();
+            let end = end.map(|e| RunEnd {
+                marked: e.marked + st.marked,
+                ..e
+            });
             drop(st);
-            let result = marker.commit_marks(&ids, &states);
+            let result = marker.commit_marks(&ids, &states, end);
             st = shared.lock();
             st.committing = 0;
             shared.unmarked.fetch_sub(ids.len(), Ordering::Release);
             match result {
                 Ok(n) => {
+                    st.ended |= end.is_some();
                     st.marked += n as u64;
                     if verbose {
                         crate::sys::say!(
@@ -571,23 +612,39 @@ mod tests {
 
     /// The commits a fake made, each a list of ids.
     type Commits = Arc<Mutex<Vec<Vec<i64>>>>;
+    /// The run ends a fake recorded: in which commit (an index into its
+    /// [`Commits`]), and what.
+    type Ends = Arc<Mutex<Vec<(usize, RunEnd)>>>;
 
     /// Marks into a shared list, each commit taking `delay`, failing from
     /// the `fail_at`-th commit on.
     struct Fake {
         marked: Commits,
         states: Arc<Mutex<Vec<(String, String)>>>,
+        ends: Ends,
         delay: Duration,
         fail_at: Option<usize>,
     }
 
     impl Marker for Fake {
-        fn commit_marks(&mut self, ids: &[i64], states: &[(String, String)]) -> Result<usize> {
+        fn commit_marks(
+            &mut self,
+            ids: &[i64],
+            states: &[(String, String)],
+            end: Option<RunEnd>,
+        ) -> Result<usize> {
             std::thread::sleep(self.delay);
             self.states.lock().unwrap().extend(states.iter().cloned());
             let mut m = self.marked.lock().unwrap();
             if self.fail_at.is_some_and(|f| m.len() >= f) {
                 return Err(Error::new(Exit::IoErr, "disk full"));
+            }
+            if let Some(end) = end {
+                let marked = end.marked + ids.len() as u64;
+                self.ends
+                    .lock()
+                    .unwrap()
+                    .push((m.len(), RunEnd { marked, ..end }));
             }
             m.push(ids.to_vec());
             Ok(ids.len())
@@ -608,6 +665,7 @@ mod tests {
         let f = Fake {
             marked: Arc::clone(&marked),
             states: Arc::default(),
+            ends: Arc::default(),
             delay: Duration::from_millis(delay_ms),
             fail_at,
         };
@@ -780,6 +838,7 @@ mod tests {
         let f = Fake {
             marked: Arc::clone(&marked),
             states: Arc::clone(&states),
+            ends: Arc::default(),
             delay: Duration::ZERO,
             fail_at: None,
         };
@@ -803,5 +862,83 @@ mod tests {
         marking.hand(&mut vec![1, 2, 3]).unwrap();
         drop(marking);
         assert_eq!(commits.lock().unwrap().concat(), vec![1, 2, 3]);
+    }
+
+    /// A fake that keeps its run ends where the test sees them.
+    fn fake_with_ends(delay_ms: u64, fail_at: Option<usize>) -> (Box<dyn Marker>, Commits, Ends) {
+        let marked: Commits = Arc::default();
+        let ends: Ends = Arc::default();
+        let f = Fake {
+            marked: Arc::clone(&marked),
+            states: Arc::default(),
+            ends: Arc::clone(&ends),
+            delay: Duration::from_millis(delay_ms),
+            fail_at,
+        };
+        (Box::new(f), marked, ends)
+    }
+
+    #[test]
+    fn the_run_end_goes_in_the_transaction_of_the_last_marks_counting_every_row() {
+        let (m, commits, ends) = fake_with_ends(20, None);
+        let marking = Marking::start(m, None, 2, false).unwrap();
+        marking.hand(&mut vec![1, 2]).unwrap();
+        // That commit is under way (20 ms) when the last rows come.
+        std::thread::sleep(Duration::from_millis(5));
+        marking.hand(&mut vec![3, 4, 5]).unwrap();
+        let (marked, ended) = marking.finish(Exit::Ok, 7);
+        assert_eq!(marked, 5);
+        assert!(ended.unwrap());
+        let commits = commits.lock().unwrap();
+        assert_eq!(commits.concat(), vec![1, 2, 3, 4, 5]);
+        let last = commits.len() - 1;
+        assert_eq!(commits[last], vec![3, 4, 5], "{commits:?}");
+        assert_eq!(
+            *ends.lock().unwrap(),
+            [(
+                last,
+                RunEnd {
+                    exit: Exit::Ok,
+                    marked: 12
+                }
+            )],
+            "one end, with the last marks, counting the 7 rows before the drain"
+        );
+    }
+
+    #[test]
+    fn with_everything_committed_already_the_end_is_one_transaction_of_its_own() {
+        let (m, commits, ends) = fake_with_ends(0, None);
+        let marking = Marking::start(m, None, 1000, false).unwrap();
+        marking.hand(&mut vec![1, 2, 3]).unwrap();
+        assert_eq!(marking.flush().unwrap(), 3);
+        let (marked, ended) = marking.finish(Exit::DataErr, 0);
+        assert_eq!((marked, ended.unwrap()), (3, true));
+        assert_eq!(*commits.lock().unwrap(), vec![vec![1, 2, 3], vec![]]);
+        assert_eq!(
+            *ends.lock().unwrap(),
+            [(
+                1,
+                RunEnd {
+                    exit: Exit::DataErr,
+                    marked: 3
+                }
+            )]
+        );
+    }
+
+    #[test]
+    fn after_a_marking_error_the_end_is_left_to_the_caller_with_the_rows_that_did_commit() {
+        // The second commit fails: the first one's rows still count.
+        let (m, commits, ends) = fake_with_ends(0, Some(1));
+        let marking = Marking::start(m, None, 1000, false).unwrap();
+        marking.hand(&mut vec![1, 2]).unwrap();
+        assert_eq!(marking.flush().unwrap(), 2);
+        marking.hand(&mut vec![3]).unwrap();
+        let (marked, ended) = marking.finish(Exit::Ok, 0);
+        assert_eq!(marked, 2);
+        assert!(ended.unwrap_err().message.contains("disk full"));
+        assert_eq!(commits.lock().unwrap().concat(), vec![1, 2]);
+        assert!(ends.lock().unwrap().is_empty());
     }
 }

@@ -118,13 +118,18 @@ fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()
     }
     summary.selected += first.rows.len() as u64;
     db.begin_run()?;
-    let result = Drain::new(cfg, &mut *db, summary, start).and_then(|d| d.run(first));
-    let exit = exit_status(summary, result.as_ref().err());
-    if let Err(e) = db.end_run(exit, summary.marked)
-        && cfg.log.verbose
-    {
-        crate::sys::say!("frameflush: could not record the run's outcome: {e}");
-    }
+    // The drain records the run's end (with its last marks when it can).
+    let result = match Drain::new(cfg, &mut *db, summary, start) {
+        Ok(drain) => drain.run(first),
+        Err(e) => {
+            if let Err(e) = db.end_run(exit_status(summary, Some(&e)), summary.marked)
+                && cfg.log.verbose
+            {
+                crate::sys::say!("frameflush: could not record the run's outcome: {e}");
+            }
+            Err(e)
+        }
+    };
     if cfg.json || cfg.metrics_file.is_some() {
         summary.count_backlog(&*db);
         summary.oldest_unsent_age_s = db.oldest_unsent().ok().and_then(|(_, age)| age);

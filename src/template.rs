@@ -301,7 +301,7 @@ impl PayloadFormat {
             PayloadFormat::Message(t) => t.render(row).map(String::into_bytes),
             PayloadFormat::Json => json_object(row),
             PayloadFormat::Value => match row.get(Column::Value) {
-                Field::Text(s) => Ok(s.clone().into_bytes()),
+                Field::Text(s) => Ok(s.as_bytes().to_vec()),
                 Field::Int(n) => Ok(n.to_string().into_bytes()),
                 Field::Real(x) => Ok(x.to_string().into_bytes()),
                 other => Err(not_text(Column::Value, other)),
@@ -320,7 +320,7 @@ fn json_value(out: &mut Vec<u8>, c: Column, f: &Field) -> Result<(), RowError> {
         }
         Field::Int(n) => serde_json::to_writer(&mut *out, n),
         Field::Real(x) => serde_json::to_writer(&mut *out, x),
-        Field::Text(s) => serde_json::to_writer(&mut *out, s),
+        Field::Text(s) => serde_json::to_writer(&mut *out, s.as_str()),
         other => return Err(not_text(c, other)),
     };
     written.map_err(|e| RowError(format!("{c} cannot be written as JSON: {e}")))
@@ -581,7 +581,7 @@ mod tests {
         for (v, why) in [
             (Field::Text("a+b".into()), "wildcard"),
             (Field::Text("x/#".into()), "wildcard"),
-            (Field::Text(String::new()), "is empty"),
+            (Field::Text("".into()), "is empty"),
             (Field::Text("$SYS/x".into()), "reserve"),
             (Field::Text("a\0".into()), "NUL"),
             (Field::Null, "value is NULL"),

@@ -140,3 +140,63 @@ fn killed_at_random_moments_on_a_slow_disk_a_run_loses_nothing_and_resends_at_mo
         rng.seed
     );
 }
+
+/// The run record (`frameflush_runs`) of mask 64: exit code and rows
+/// marked, once finished.
+fn last_run(db: &std::path::Path) -> (Option<i64>, i64, bool) {
+    let c = rusqlite::Connection::open(db).unwrap();
+    c.query_row(
+        "SELECT exit_code, rows_marked, finished_at IS NOT NULL FROM frameflush_runs WHERE sync_mask = 64",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )
+    .unwrap()
+}
+
+/// On a slow disk every commit costs several fsyncs: a run records its end
+/// in the transaction of its last marks, not in one of its own. A run that
+/// delivers rows then commits as often as one that reaches no broker (its
+/// start, its end), twice in a row and with rows added in between, and its
+/// record still says how it ended and how many rows it marked.
+#[test]
+fn a_run_that_delivers_records_its_end_with_its_last_marks_and_commits_no_more_than_one_that_reaches_no_broker()
+ {
+    let env = TestEnv::new("end-with-marks");
+    let broker = Broker::start(&env);
+    let shim = SlowFsync::build(&env, Duration::ZERO);
+    let db = env.db();
+    let mut conn = util::seed_at(&db, 30);
+    let fsyncs = |port: u16| {
+        let before = shim.calls();
+        let url = format!("mqtt://127.0.0.1:{port}");
+        let mut cmd = env.cmd(&["flush", "--db", &env.db_arg(), "-L", &url]);
+        shim.apply(&mut cmd);
+        let run = util::run_cmd(cmd, Duration::from_secs(60));
+        (run, shim.calls() - before)
+    };
+    // The first run makes frameflush's index and tables; the second's
+    // start and end are the commits of a run that publishes nothing.
+    let (first, _) = fsyncs(util::refused_port());
+    assert_ne!(first.code, Some(0), "{first:#?}");
+    let (down, commits_of_two) = fsyncs(util::refused_port());
+    assert_ne!(down.code, Some(0), "{down:#?}");
+    assert!(marked_ids(&db, 64).is_empty());
+    assert!(
+        commits_of_two > 0,
+        "the shim saw no fsync: was it preloaded?"
+    );
+    assert_eq!(last_run(&db), (down.code.map(i64::from), 0, true));
+    for (round, rows) in [(0, 30), (1, 25)] {
+        if round == 1 {
+            util::insert_rows(&mut conn, rows, 0);
+        }
+        let (ok, n) = fsyncs(broker.port);
+        assert_eq!(ok.code, Some(0), "round {round}: {ok:#?}");
+        assert_eq!(marked_ids(&db, 64).len(), if round == 0 { 30 } else { 55 });
+        assert_eq!(
+            n, commits_of_two,
+            "round {round}: a delivering run made {n} fsyncs, one that reached no broker {commits_of_two}: the end has a commit of its own again?"
+        );
+        assert_eq!(last_run(&db), (Some(0), rows as i64, true), "round {round}");
+    }
+}

@@ -150,15 +150,31 @@ pub struct LastRun {
     pub rows_marked: i64,
 }
 
+/// How a run ended, recorded with its last marks ([`Marker::commit_marks`]):
+/// on a slow disk a commit of its own would cost the run's end four fsyncs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunEnd {
+    pub exit: Exit,
+    /// Rows the run marked before the transaction that records its end;
+    /// the rows that transaction marks are added to them.
+    pub marked: u64,
+}
+
 /// The marking thread's handle on a source ([`crate::marker`]): a
 /// connection of its own to the same database, with the same settings, that
 /// marks rows and nothing else. The run lock stays with the [`Source`] that
 /// made it.
 pub trait Marker: Send {
-    /// Marks the rows as [`Source::mark`] does, and writes the state
-    /// entries as [`Source::set_state`] does, in one transaction committed
-    /// when it returns.
-    fn commit_marks(&mut self, ids: &[i64], states: &[(String, String)]) -> Result<usize>;
+    /// Marks the rows as [`Source::mark`] does, writes the state entries as
+    /// [`Source::set_state`] does and, with `end`, records the run's end as
+    /// [`Source::end_run`] does, in one transaction committed when it
+    /// returns (all of it or none).
+    fn commit_marks(
+        &mut self,
+        ids: &[i64],
+        states: &[(String, String)],
+        end: Option<RunEnd>,
+    ) -> Result<usize>;
 
     /// As [`Source::select_unsent`], on this connection: the next chunk
     /// read ahead, beside the publishing loop.

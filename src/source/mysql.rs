@@ -50,10 +50,10 @@ use mysql::consts::{CapabilityFlags, ColumnType};
 use mysql::prelude::Queryable;
 use mysql::{Conn, OptsBuilder, Params, Value};
 
-use super::{Failure, Health, HighWater, Index, LastRun, Marker, Mode, Source};
+use super::{Failure, Health, HighWater, Index, LastRun, Marker, Mode, RunEnd, Source};
 use crate::config::{MysqlDb, Target};
 use crate::error::{Error, Exit, Result};
-use crate::row::{Field, Row};
+use crate::row::{Field, Row, Text};
 
 /// Seconds a table's largest id must have been seen before the mark may
 /// move up to it (tables that are not MyISAM): longer than any producer
@@ -662,8 +662,13 @@ impl Marker for Mysql {
     /// transaction: on InnoDB one commit (one log flush) for all of them,
     /// however many rows; MyISAM, which has no transactions, applies each
     /// statement at once, as before.
-    fn commit_marks(&mut self, ids: &[i64], states: &[(String, String)]) -> Result<usize> {
-        if !states.is_empty() {
+    fn commit_marks(
+        &mut self,
+        ids: &[i64],
+        states: &[(String, String)],
+        end: Option<RunEnd>,
+    ) -> Result<usize> {
+        if !states.is_empty() || end.is_some() {
             // Before the transaction: CREATE TABLE would commit it.
             self.ensure_own_tables()?;
         }
@@ -671,7 +676,12 @@ impl Marker for Mysql {
         let written = states
             .iter()
             .try_for_each(|(key, value)| Source::set_state(self, key, value));
-        let n = match written.and_then(|()| Source::mark(self, ids)) {
+        let marked = written.and_then(|()| Source::mark(self, ids));
+        let ended = marked.and_then(|n| match end {
+            Some(end) => Source::end_run(self, end.exit, end.marked + n as u64).map(|()| n),
+            None => Ok(n),
+        });
+        let n = match ended {
             Ok(n) => n,
             Err(e) => {
                 let _ = self.query_drop("mark rows in", "ROLLBACK");
@@ -1494,12 +1504,14 @@ fn field(v: &Value, column: &mysql::Column) -> Field {
                 Field::Blob(b.len())
             } else {
                 match std::str::from_utf8(b) {
-                    Ok(s) => Field::Text(s.to_string()),
+                    Ok(s) => Field::Text(Text::new(s)),
                     Err(_) => Field::NotUtf8,
                 }
             }
         }
-        date @ (Value::Date(..) | Value::Time(..)) => Field::Text(text(date).unwrap_or_default()),
+        date @ (Value::Date(..) | Value::Time(..)) => {
+            Field::Text(text(date).unwrap_or_default().into())
+        }
     }
 }
 

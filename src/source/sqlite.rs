@@ -25,11 +25,11 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
-use super::{Failure, Health, Index, LastRun, Marker, Mode, Source};
+use super::{Failure, Health, Index, LastRun, Marker, Mode, RunEnd, Source};
 use crate::config::Target;
 use crate::error::{Error, Exit, Result};
 use crate::lock::RunLock;
-use crate::row::{Field, Row};
+use crate::row::{Field, Row, Text};
 use crate::sys::io_reason;
 
 /// Meshlium's table as SQLite spells it.
@@ -356,6 +356,27 @@ fn mark_in(tx: &rusqlite::Transaction<'_>, mask: i64, ids: &[i64]) -> rusqlite::
     Ok(n)
 }
 
+/// Records the end of the run `begin_run` started and forgets the failures
+/// of rows delivered or deleted since, in `tx`.
+fn end_run_in(
+    tx: &rusqlite::Transaction<'_>,
+    mask: i64,
+    exit: Exit,
+    marked: u64,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE frameflush_runs SET finished_at = datetime('now'), exit_code = ?2, rows_marked = ?3
+         WHERE sync_mask = ?1",
+        params![mask, exit.code(), marked as i64],
+    )?;
+    tx.execute(
+        "DELETE FROM frameflush_failures WHERE sync_mask = ?1 AND NOT EXISTS
+           (SELECT 1 FROM sensorParser WHERE id = row_id AND (coalesce(sync, 0) & ?1) = 0)",
+        [mask],
+    )?;
+    Ok(())
+}
+
 /// Writes one entry of frameflush's state table, in `tx`.
 fn state_in(tx: &rusqlite::Transaction<'_>, key: &str, value: &str) -> rusqlite::Result<usize> {
     tx.execute(
@@ -395,8 +416,13 @@ impl Sqlite {
 impl Marker for Sqlite {
     /// One IMMEDIATE transaction, as [`Source::mark`] makes it, with the
     /// state entries in it.
-    fn commit_marks(&mut self, ids: &[i64], states: &[(String, String)]) -> Result<usize> {
-        if states.is_empty() {
+    fn commit_marks(
+        &mut self,
+        ids: &[i64],
+        states: &[(String, String)],
+        end: Option<RunEnd>,
+    ) -> Result<usize> {
+        if states.is_empty() && end.is_none() {
             return Source::mark(self, ids);
         }
         self.ensure_schema()?;
@@ -405,7 +431,11 @@ impl Marker for Sqlite {
             for (key, value) in states {
                 state_in(tx, key, value)?;
             }
-            mark_in(tx, mask, ids)
+            let n = mark_in(tx, mask, ids)?;
+            if let Some(end) = end {
+                end_run_in(tx, mask, end.exit, end.marked + n as u64)?;
+            }
+            Ok(n)
         })
     }
 
@@ -670,19 +700,7 @@ impl Source for Sqlite {
     /// failures of rows that were delivered or deleted since.
     fn end_run(&mut self, exit: Exit, marked: u64) -> Result<()> {
         let mask = self.mask;
-        self.write("write to", |tx| {
-            tx.execute(
-                "UPDATE frameflush_runs SET finished_at = datetime('now'), exit_code = ?2, rows_marked = ?3
-                 WHERE sync_mask = ?1",
-                params![mask, exit.code(), marked as i64],
-            )?;
-            tx.execute(
-                "DELETE FROM frameflush_failures WHERE sync_mask = ?1 AND NOT EXISTS
-                   (SELECT 1 FROM sensorParser WHERE id = row_id AND (coalesce(sync, 0) & ?1) = 0)",
-                [mask],
-            )
-        })
-        .map(|_| ())
+        self.write("write to", |tx| end_run_in(tx, mask, exit, marked))
     }
 
     /// Rows still to send for this mask now (quarantined rows not counted).
@@ -767,7 +785,7 @@ impl Source for Sqlite {
                 |r| {
                     let oldest = match field(r.get_ref(0)?) {
                         Field::Null => None,
-                        Field::Text(s) => Some(s),
+                        Field::Text(s) => Some(s.to_string()),
                         Field::Int(n) => Some(n.to_string()),
                         Field::Real(x) => Some(x.to_string()),
                         Field::NotUtf8 | Field::Blob(_) => Some("?".to_string()),
@@ -1037,7 +1055,7 @@ fn field(v: rusqlite::types::ValueRef<'_>) -> Field {
         ValueRef::Integer(n) => Field::Int(n),
         ValueRef::Real(x) => Field::Real(x),
         ValueRef::Text(b) => match std::str::from_utf8(b) {
-            Ok(s) => Field::Text(s.to_string()),
+            Ok(s) => Field::Text(Text::new(s)),
             Err(_) => Field::NotUtf8,
         },
         ValueRef::Blob(b) => Field::Blob(b.len()),
