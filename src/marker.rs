@@ -13,7 +13,8 @@
 //! ([`Marking::flush`]: before a reconnect selects rows again, and at the
 //! end of the run). The drain never waits for a commit but there. What a
 //! connection learned about the broker ([`Marking::hand_states`]) goes in
-//! the same transaction as the next marks: on a slow disk every commit
+//! the same transaction as the next marks, and the run's end
+//! ([`Marking::finish`]) in that of the last: on a slow disk every commit
 //! costs several fsyncs.
 //!
 //! Reading ahead ([`Marking::read_ahead`], [`Marking::take_read`]) is done

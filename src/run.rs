@@ -8,8 +8,9 @@
 //! takes writes before the broker is contacted; then [`Drain`] publishes
 //! (rows read in chunks of `--batch`, published in a window of
 //! `--inflight`, marked in short transactions as the broker accepts them;
-//! anything not accepted stays unsent). The [`Summary`] counts what
-//! happened, for `--json` and for the exit status.
+//! anything not accepted stays unsent) and records the run's end, with its
+//! last marks when there are any. The [`Summary`] counts what happened, for
+//! `--json` and for the exit status.
 
 use std::collections::VecDeque;
 use std::io::Write as _;

@@ -1246,3 +1246,85 @@ fn a_user_allowed_three_connections_still_drains_everything_reading_ahead_betwee
     util::accounting::assert_accounted_mysql(&env, &db, 64);
     admin.query_drop(format!("DROP USER {account}")).unwrap();
 }
+
+/// The fallback of the test above, next to other faults and across runs:
+/// under MAX_USER_CONNECTIONS 3, run after run, with a producer adding rows
+/// between them and the link cut at a random point in some runs, nothing is
+/// marked that the broker did not deliver and a clean run delivers the rest.
+#[test]
+fn a_user_allowed_three_connections_loses_nothing_to_a_cut_link_and_drains_what_a_producer_added_run_after_run()
+ {
+    let mut rng = Rng::new("mysql_three_conns_cut");
+    let env = TestEnv::new("my_three_conns_cut");
+    let db = TestDb::new("threecut");
+    let mut c = db.create(MESHLIUM_313);
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let (url, account) = db.user("threecut", "WITH MAX_USER_CONNECTIONS 3", "ALL", "*");
+    let mut admin = db.server.admin();
+    let (mut total, mut marked_before) = (0, 0);
+    // Two cut runs in a row, then a clean one; twice.
+    for (round, cut) in [true, true, false, true, false].into_iter().enumerate() {
+        let added = 1500;
+        insert_rows(&mut c, added, 0);
+        total += added;
+        let proxy = cut.then(|| {
+            Proxy::start(
+                broker.port,
+                Fault::CutAfter(rng.range(2_000, 200_000) as usize),
+            )
+        });
+        let port = proxy.as_ref().map_or(broker.port, |p| p.port).to_string();
+        let args = [
+            "flush",
+            "--db",
+            &url,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "-t",
+            "threecut/{id}",
+            "--ack-timeout",
+            "3",
+            "-v",
+        ];
+        let run = mariadb::run(&env, &args);
+        let code = run.code.unwrap();
+        assert!(
+            if cut {
+                code == 0 || code == 75
+            } else {
+                code == 0
+            },
+            "seed {}, round {round}: {run:#?}",
+            rng.seed
+        );
+        let marked = db.marked_ids(64);
+        // The marking thread starts with the first PUBACK: every run that
+        // marked something fell back to reading between its commits.
+        if marked.len() > marked_before {
+            assert!(
+                run.stderr
+                    .contains("rows are read ahead between marking commits"),
+                "round {round}: {}",
+                run.stderr
+            );
+        }
+        marked_before = marked.len();
+        let got = wait_received(&sub, "threecut", &marked);
+        let falsely = marked.iter().filter(|id| !got.contains_key(id)).count();
+        assert_eq!(
+            falsely, 0,
+            "seed {}, round {round}: {falsely} row(s) marked but never received",
+            rng.seed
+        );
+        if !cut {
+            let all: BTreeSet<i64> = (1..=total as i64).collect();
+            assert_eq!(marked, all, "round {round}: a clean run left rows unsent");
+            assert_eq!(wait_received(&sub, "threecut", &all).len(), total);
+        }
+        util::accounting::assert_accounted_mysql(&env, &db, 64);
+    }
+    admin.query_drop(format!("DROP USER {account}")).unwrap();
+}
