@@ -658,7 +658,7 @@ impl Mysql {
 }
 
 impl Marker for Mysql {
-    /// [`Source::mark`]'s statements, and the state entries, in one
+    /// [`Source::mark`]'s statements, the state entries and the run's end, in one
     /// transaction: on InnoDB one commit (one log flush) for all of them,
     /// however many rows; MyISAM, which has no transactions, applies each
     /// statement at once, as before.

@@ -415,7 +415,7 @@ impl Sqlite {
 
 impl Marker for Sqlite {
     /// One IMMEDIATE transaction, as [`Source::mark`] makes it, with the
-    /// state entries in it.
+    /// state entries and the run's end in it.
     fn commit_marks(
         &mut self,
         ids: &[i64],
