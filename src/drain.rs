@@ -1125,7 +1125,7 @@ impl<'a> Drain<'a> {
         let (marked, ended) = m.finish(exit, self.marked_before);
         self.summary.marked = self.marked_before + marked;
         handed?;
-        ended
+        ended.map(|()| true)
     }
 
     /// Whatever was acknowledged is marked, also when the run failed; the

@@ -443,9 +443,9 @@ impl Marking {
     /// Commits everything handed over with the run's end (`exit`, and the
     /// rows marked before this drain, `marked_before`) in the same
     /// transaction, and ends the threads. Returns the rows committed as
-    /// marked, and whether the end was recorded (not after a marking
-    /// error: the caller records it then, with the error's status).
-    pub fn finish(mut self, exit: Exit, marked_before: u64) -> (u64, Result<bool>) {
+    /// marked, and `Ok` once the end was recorded with them; after a
+    /// marking error the caller records the end, with the error's status.
+    pub fn finish(mut self, exit: Exit, marked_before: u64) -> (u64, Result<()>) {
         {
             let mut st = self.shared.lock();
             st.end = Some(RunEnd {
@@ -462,7 +462,13 @@ impl Marking {
         let st = self.shared.lock();
         let result = match &st.error {
             Some(e) => Err(e.clone()),
-            None => Ok(st.ended),
+            // Closed, so no error was set for it: the thread ended without
+            // its last commit (a panic).
+            None if !st.ended => Err(Error::new(
+                Exit::IoErr,
+                "the marking thread stopped unexpectedly; the rows it had not marked stay unsent",
+            )),
+            None => Ok(()),
         };
         (st.marked, result)
     }
@@ -889,7 +895,7 @@ mod tests {
         marking.hand(&mut vec![3, 4, 5]).unwrap();
         let (marked, ended) = marking.finish(Exit::Ok, 7);
         assert_eq!(marked, 5);
-        assert!(ended.unwrap());
+        ended.unwrap();
         let commits = commits.lock().unwrap();
         assert_eq!(commits.concat(), vec![1, 2, 3, 4, 5]);
         let last = commits.len() - 1;
@@ -914,7 +920,8 @@ mod tests {
         marking.hand(&mut vec![1, 2, 3]).unwrap();
         assert_eq!(marking.flush().unwrap(), 3);
         let (marked, ended) = marking.finish(Exit::DataErr, 0);
-        assert_eq!((marked, ended.unwrap()), (3, true));
+        ended.unwrap();
+        assert_eq!(marked, 3);
         assert_eq!(*commits.lock().unwrap(), vec![vec![1, 2, 3], vec![]]);
         assert_eq!(
             *ends.lock().unwrap(),
