@@ -95,7 +95,8 @@ const INLINE: usize = 22;
 /// timestamp) are a few bytes each: up to 22 bytes are kept in place,
 /// longer ones on the heap. Reading a row then allocates nothing for its
 /// texts: five allocations a row, made by the thread that reads and freed
-/// by the one that publishes, were a fifth of the reading's CPU (perf).
+/// by the one that publishes (perf: malloc and its consolidation were 15%
+/// of the marking thread's CPU; client CPU per row 9.55 -> 9.04 us).
 #[derive(Clone)]
 pub struct Text(Repr);
 
@@ -122,7 +123,8 @@ impl Text {
     pub fn as_str(&self) -> &str {
         match &self.0 {
             // Always valid: the bytes came from a `&str` and were cut at its
-            // end (checking costs a few nanoseconds on 22 bytes).
+            // end. The check is what safe code allows (about a hundred
+            // instructions, callgrind): still cheaper than an allocation.
             Repr::Inline(len, buf) => buf
                 .get(..usize::from(*len))
                 .and_then(|b| std::str::from_utf8(b).ok())
