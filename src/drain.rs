@@ -212,6 +212,19 @@ pub struct Drain<'a> {
     hard_deadline: Instant,
 }
 
+/// Records a run's end on the run's own connection, when it could not go
+/// with the last marks (nothing was acknowledged, the last marks failed,
+/// or the drain could not start). A failure here is only said (`-v`): the
+/// run's outcome is its exit status.
+pub fn end_run(cfg: &Config, db: &mut dyn Source, summary: &Summary, failure: Option<&Error>) {
+    let exit = exit_status(summary, failure);
+    if let Err(e) = db.end_run(exit, summary.marked)
+        && cfg.log.verbose
+    {
+        crate::sys::say!("frameflush: could not record the run's outcome: {e}");
+    }
+}
+
 /// New connections a run makes at most after losing one.
 const MAX_RECONNECTS: u32 = 5000;
 
@@ -1098,18 +1111,6 @@ impl<'a> Drain<'a> {
         Ok(())
     }
 
-    /// Records the run's end on the run's own connection: nothing was
-    /// acknowledged, or the last marks failed. A failure here is only said
-    /// (`-v`): the run's outcome is its exit status.
-    fn end_run(&mut self, failure: Option<&Error>) {
-        let exit = exit_status(self.summary, failure);
-        if let Err(e) = self.db.end_run(exit, self.summary.marked)
-            && self.cfg.log.verbose
-        {
-            crate::sys::say!("frameflush: could not record the run's outcome: {e}");
-        }
-    }
-
     /// The run's last marks, with its end (`exit`) recorded in the same
     /// transaction: on a slow disk one commit less at the end of every run.
     /// Returns whether the end was recorded.
@@ -1174,7 +1175,7 @@ impl<'a> Drain<'a> {
             failure.get_or_insert(e);
         }
         if !ended {
-            self.end_run(failure.as_ref());
+            end_run(self.cfg, self.db, self.summary, failure.as_ref());
         }
         self.progress.finish();
         if let Some(session) = session {

@@ -437,28 +437,17 @@ impl Marking {
             };
         }
     }
-}
 
-impl Marking {
     /// Commits everything handed over with the run's end (`exit`, and the
     /// rows marked before this drain, `marked_before`) in the same
     /// transaction, and ends the threads. Returns the rows committed as
     /// marked, and `Ok` once the end was recorded with them; after a
     /// marking error the caller records the end, with the error's status.
     pub fn finish(mut self, exit: Exit, marked_before: u64) -> (u64, Result<()>) {
-        {
-            let mut st = self.shared.lock();
-            st.end = Some(RunEnd {
-                exit,
-                marked: marked_before,
-            });
-            st.closed = true;
-            self.shared.work.notify_one();
-            self.shared.read_work.notify_one();
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+        self.close(Some(RunEnd {
+            exit,
+            marked: marked_before,
+        }));
         let st = self.shared.lock();
         let result = match &st.error {
             Some(e) => Err(e.clone()),
@@ -472,13 +461,15 @@ impl Marking {
         };
         (st.marked, result)
     }
-}
 
-impl Drop for Marking {
-    /// What was handed over is committed, then the threads end.
-    fn drop(&mut self) {
+    /// No more rows come: what was handed over is committed (with `end`
+    /// in the last transaction), then the threads end.
+    fn close(&mut self, end: Option<RunEnd>) {
         {
             let mut st = self.shared.lock();
+            if end.is_some() {
+                st.end = end;
+            }
             st.closed = true;
             self.shared.work.notify_one();
             self.shared.read_work.notify_one();
@@ -486,6 +477,13 @@ impl Drop for Marking {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for Marking {
+    /// What was handed over is committed, then the threads end.
+    fn drop(&mut self) {
+        self.close(None);
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use crate::batch::{Chunk, next_rows, render};
 use crate::config::Config;
-use crate::drain::Drain;
+use crate::drain::{self, Drain};
 use crate::error::{Error, Exit, Result};
 use crate::source::{self, Mode};
 use crate::summary::{Summary, exit_status};
@@ -123,11 +123,7 @@ fn publish_run(cfg: &Config, summary: &mut Summary, start: Instant) -> Result<()
     let result = match Drain::new(cfg, &mut *db, summary, start) {
         Ok(drain) => drain.run(first),
         Err(e) => {
-            if let Err(e) = db.end_run(exit_status(summary, Some(&e)), summary.marked)
-                && cfg.log.verbose
-            {
-                crate::sys::say!("frameflush: could not record the run's outcome: {e}");
-            }
+            drain::end_run(cfg, &mut *db, summary, Some(&e));
             Err(e)
         }
     };
