@@ -1301,6 +1301,18 @@ fn a_user_allowed_three_connections_loses_nothing_to_a_cut_link_and_drains_what_
             rng.seed
         );
         let marked = db.marked_ids(64);
+        // The run's end, recorded with its last marks: its exit status and
+        // the rows it marked, cut or not.
+        let record: Option<(i64, u64)> = db
+            .conn()
+            .query_first("SELECT exit_code, rows_marked FROM frameflush_runs WHERE sync_mask = 64")
+            .unwrap();
+        assert_eq!(
+            record,
+            Some((i64::from(code), (marked.len() - marked_before) as u64)),
+            "seed {}, round {round}: the run record",
+            rng.seed
+        );
         // The marking thread starts with the first PUBACK: every run that
         // marked something fell back to reading between its commits.
         if marked.len() > marked_before {
