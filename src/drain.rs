@@ -594,7 +594,7 @@ impl<'a> Drain<'a> {
                 }
                 Err(broken) => self.on_lost(session, broken, false)?,
             }
-            self.hand_off()?;
+            self.hand_off(session.in_flight())?;
             self.progress.tick(&*self.db, self.summary, self.start);
         }
     }
@@ -1033,8 +1033,10 @@ impl<'a> Drain<'a> {
 
     /// Hands what was acknowledged to the marking thread (started with the
     /// first acknowledgement: a run that gets none opens no second
-    /// connection), and counts what it committed.
-    fn hand_off(&mut self) -> Result<()> {
+    /// connection), with what is still queued and `in_flight` (the marking
+    /// thread saves a commit when it sees the end coming,
+    /// [`Marking::hand`]), and counts what it committed.
+    fn hand_off(&mut self, in_flight: usize) -> Result<()> {
         if self.acked.is_empty() {
             return Ok(());
         }
@@ -1062,7 +1064,7 @@ impl<'a> Drain<'a> {
         }
         if let Some(m) = &self.marking {
             m.hand_states(&mut self.learned)?;
-            m.hand(&mut self.acked)?;
+            m.hand(&mut self.acked, self.queue.len() + in_flight, !self.more)?;
             self.summary.marked = self.marked_before + m.marked();
         }
         Ok(())
@@ -1079,7 +1081,7 @@ impl<'a> Drain<'a> {
     /// commit) and records what was refused.
     fn mark(&mut self) -> Result<()> {
         self.record_refused()?;
-        self.hand_off()?;
+        self.hand_off(0)?;
         match &self.marking {
             Some(m) => {
                 m.hand_states(&mut self.learned)?;
@@ -1116,7 +1118,7 @@ impl<'a> Drain<'a> {
     /// Returns whether the end was recorded.
     fn mark_last(&mut self, exit: Exit) -> Result<bool> {
         self.record_refused()?;
-        self.hand_off()?;
+        self.hand_off(0)?;
         let Some(m) = self.marking.take() else {
             self.write_learned()?;
             return Ok(false);

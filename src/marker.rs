@@ -8,7 +8,9 @@
 //! broker acknowledged ([`Marking::hand`]); the thread takes everything
 //! there is and commits it in one transaction (group commit: the longer a
 //! commit takes, the more rows the next one carries), as soon as
-//! [`COMMIT_ROWS`] rows are waiting or the oldest has waited
+//! [`COMMIT_ROWS`] rows are waiting (unless the end of the run is nearer
+//! than a commit: they then wait for the run's last commit, which would
+//! otherwise follow one still under way) or the oldest has waited
 //! [`MARK_INTERVAL`], or when the drain asks for everything to be committed
 //! ([`Marking::flush`]: before a reconnect selects rows again, and at the
 //! end of the run). The drain never waits for a commit but there. What a
@@ -86,6 +88,13 @@ struct State {
     since: Option<Instant>,
     /// Rows in the transaction under way.
     committing: usize,
+    /// Rows handed over while the last commit was under way: what the next
+    /// commit would carry at this pace.
+    arrived: usize,
+    /// What the drain held at its last hand-off ([`Marking::hand`]): rows
+    /// queued or in flight, and whether the source had no more for it.
+    held: usize,
+    source_done: bool,
     /// Rows committed as marked (as the source counted them).
     marked: u64,
     /// The first marking error; the thread stops at it.
@@ -125,6 +134,31 @@ impl State {
         self.read_queued = None;
         self.read_error = None;
         self.generation += 1;
+    }
+
+    /// The end of the run is nearer than one commit: the rows still to come
+    /// are no more than came during the last commit, and all of them fit
+    /// under [`MAX_UNMARKED`] with those waiting. A commit started now
+    /// would still be under way when the drain ends, and its last commit
+    /// would follow it: the rows wait for that one instead, and the tail of
+    /// the run pays one commit, not up to two.
+    fn end_in_sight(&self) -> bool {
+        self.rows_left().is_some_and(|left| {
+            left <= self.arrived && self.pending.len() + self.committing + left < MAX_UNMARKED
+        })
+    }
+
+    /// The rows still to hand over, when the end of the source is known:
+    /// what the drain holds, and what is read ahead once the last read came
+    /// short.
+    fn rows_left(&self) -> Option<usize> {
+        if self.source_done {
+            Some(self.held)
+        } else if self.ahead_complete && self.ahead_after.is_some() {
+            Some(self.held + self.ahead.len())
+        } else {
+            None
+        }
     }
 
     /// Asks for more rows after those held, unless `need` (and half a
@@ -268,13 +302,19 @@ impl Marking {
         Ok(marking)
     }
 
-    /// Hands acknowledged ids over (emptying `ids`). Fails with the
-    /// marking error, if one came.
-    pub fn hand(&self, ids: &mut Vec<i64>) -> Result<()> {
+    /// Hands acknowledged ids over (emptying `ids`), with what the drain
+    /// still holds: `held` rows queued or in flight (messages, an estimate
+    /// under `--group`), and `source_done`: the source has no more for this
+    /// run. From these and the rows read ahead, the thread sees the end of
+    /// the run coming ([`State::end_in_sight`]). Fails with the marking
+    /// error, if one came.
+    pub fn hand(&self, ids: &mut Vec<i64>, held: usize, source_done: bool) -> Result<()> {
         let mut st = self.shared.lock();
         if let Some(e) = &st.error {
             return Err(e.clone());
         }
+        st.held = held;
+        st.source_done = source_done;
         if ids.is_empty() {
             return Ok(());
         }
@@ -550,7 +590,7 @@ fn commit_loop(shared: &Shared, mut marker: Box<dyn Marker>, batch: usize, verbo
         }
         let due = st.flush
             || st.closed
-            || st.pending.len() >= batch
+            || (st.pending.len() >= batch && !st.end_in_sight())
             || st.since.is_some_and(|t| t.elapsed() >= MARK_INTERVAL);
         // Once closed nothing more is handed over: this commit is the last,
         // and records the run's end.
@@ -568,6 +608,7 @@ fn commit_loop(shared: &Shared, mut marker: Box<dyn Marker>, batch: usize, verbo
             let result = marker.commit_marks(&ids, &states, end);
             st = shared.lock();
             st.committing = 0;
+            st.arrived = st.pending.len();
             shared.unmarked.fetch_sub(ids.len(), Ordering::Release);
             match result {
                 Ok(n) => {
@@ -629,6 +670,8 @@ mod tests {
         ends: Ends,
         delay: Duration,
         fail_at: Option<usize>,
+        /// The last id reads find: a read past it comes short.
+        rows_end: i64,
     }
 
     impl Marker for Fake {
@@ -656,7 +699,7 @@ mod tests {
         }
 
         fn read_ahead(&self, after: i64, limit: usize) -> Result<Vec<Row>> {
-            Ok((after + 1..=after + limit as i64)
+            Ok((after + 1..=(after + limit as i64).min(self.rows_end))
                 .map(|id| Row {
                     id,
                     fields: Default::default(),
@@ -666,6 +709,15 @@ mod tests {
     }
 
     fn fake(delay_ms: u64, fail_at: Option<usize>) -> (Box<dyn Marker>, Commits) {
+        fake_ending(delay_ms, fail_at, i64::MAX)
+    }
+
+    /// A fake whose table ends at id `rows_end`.
+    fn fake_ending(
+        delay_ms: u64,
+        fail_at: Option<usize>,
+        rows_end: i64,
+    ) -> (Box<dyn Marker>, Commits) {
         let marked = Arc::new(Mutex::new(Vec::new()));
         let f = Fake {
             marked: Arc::clone(&marked),
@@ -673,8 +725,101 @@ mod tests {
             ends: Arc::default(),
             delay: Duration::from_millis(delay_ms),
             fail_at,
+            rows_end,
         };
         (Box::new(f), marked)
+    }
+
+    fn ids(range: std::ops::RangeInclusive<i64>) -> Vec<i64> {
+        range.collect()
+    }
+
+    fn sizes(commits: &Commits) -> Vec<usize> {
+        commits.lock().unwrap().iter().map(Vec::len).collect()
+    }
+
+    /// Hands 1..=10 over (batch 10: a commit of 100 ms starts), then,
+    /// while it is under way, 11..=22 with `held` and `source_done`, and
+    /// returns the commits made 300 ms later (the first ended at 100 ms, a
+    /// second started then would have ended at 200 ms).
+    fn commits_after_a_full_batch_came_during_a_commit(
+        marking: &Marking,
+        commits: &Commits,
+        held: usize,
+        source_done: bool,
+    ) -> Vec<usize> {
+        marking.hand(&mut ids(1..=10), 0, false).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        marking.hand(&mut ids(11..=22), held, source_done).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        sizes(commits)
+    }
+
+    #[test]
+    fn when_the_end_of_the_run_is_nearer_than_a_commit_the_last_rows_wait_for_its_last_commit() {
+        let (m, commits) = fake(100, None);
+        let marking = Marking::start(m, None, 10, false).unwrap();
+        // 12 rows came during a commit; the source has no more and 5 rows
+        // are queued or in flight: a commit now would outlast the drain.
+        let made = commits_after_a_full_batch_came_during_a_commit(&marking, &commits, 5, true);
+        assert_eq!(made, vec![10]);
+        marking.hand(&mut ids(23..=27), 0, true).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(sizes(&commits), vec![10]);
+        let (marked, ended) = marking.finish(Exit::Ok, 0);
+        ended.unwrap();
+        assert_eq!(marked, 27);
+        assert_eq!(*commits.lock().unwrap(), vec![ids(1..=10), ids(11..=27)]);
+    }
+
+    #[test]
+    fn a_full_batch_is_committed_at_once_while_more_rows_may_come_or_more_are_left_than_a_commit_carries()
+     {
+        for (held, source_done) in [(5, false), (13, true)] {
+            let (m, commits) = fake(100, None);
+            let marking = Marking::start(m, None, 10, false).unwrap();
+            let made = commits_after_a_full_batch_came_during_a_commit(
+                &marking,
+                &commits,
+                held,
+                source_done,
+            );
+            assert_eq!(made, vec![10, 12], "held {held}, source done {source_done}");
+            assert_eq!(marking.flush().unwrap(), 22);
+        }
+    }
+
+    #[test]
+    fn the_last_rows_never_wait_for_the_end_past_the_cap_on_unmarked_rows() {
+        let (m, commits) = fake(100, None);
+        let marking = Marking::start(m, None, 10, false).unwrap();
+        marking.hand(&mut ids(1..=10), 0, false).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        // As many came during the commit as are left, but together they
+        // would reach MAX_UNMARKED.
+        let came = MAX_UNMARKED as i64 / 2;
+        marking
+            .hand(&mut ids(11..=10 + came), came as usize, true)
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(sizes(&commits), vec![10, came as usize]);
+        assert_eq!(marking.flush().unwrap(), 10 + came as u64);
+    }
+
+    #[test]
+    fn the_end_is_also_seen_coming_in_rows_read_ahead_once_a_read_came_short() {
+        // The table ends at id 25: the read after 22 finds 3 rows.
+        let (m, commits) = fake(100, None);
+        let marking = Marking::start(m, Some(fake_ending(0, None, 25).0), 10, false).unwrap();
+        marking.read_ahead(22, 10);
+        let made = commits_after_a_full_batch_came_during_a_commit(&marking, &commits, 0, false);
+        assert_eq!(made, vec![10]);
+        let rows = marking.take_read(22, 10).unwrap();
+        assert_eq!(rows.len(), 3);
+        let (marked, ended) = marking.finish(Exit::Ok, 0);
+        ended.unwrap();
+        assert_eq!(marked, 22);
+        assert_eq!(sizes(&commits), vec![10, 12]);
     }
 
     /// A handle that only reads (at once).
@@ -686,7 +831,7 @@ mod tests {
     fn with_a_reader_of_its_own_a_read_ahead_is_not_held_up_by_a_slow_commit() {
         let (m, _) = fake(400, None);
         let marking = Marking::start(m, reader(), 1, false).unwrap();
-        marking.hand(&mut vec![1, 2]).unwrap();
+        marking.hand(&mut vec![1, 2], 0, false).unwrap();
         // The commit of 1 and 2 starts and takes 400 ms.
         std::thread::sleep(Duration::from_millis(50));
         let t = Instant::now();
@@ -705,11 +850,11 @@ mod tests {
     fn without_one_reads_wait_for_the_commit_under_way_and_come_before_the_next() {
         let (m, _) = fake(300, None);
         let marking = Marking::start(m, None, 1, false).unwrap();
-        marking.hand(&mut vec![1, 2]).unwrap();
+        marking.hand(&mut vec![1, 2], 0, false).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let t = Instant::now();
         marking.read_ahead(0, 10);
-        marking.hand(&mut vec![3]).unwrap();
+        marking.hand(&mut vec![3], 0, false).unwrap();
         assert_eq!(marking.take_read(0, 10).unwrap().len(), 10);
         let waited = t.elapsed();
         assert!(waited >= Duration::from_millis(150), "{waited:?}");
@@ -725,7 +870,7 @@ mod tests {
         let (m, commits) = fake(20, None);
         let marking = Marking::start(m, None, 100, false).unwrap();
         let mut ids: Vec<i64> = (1..=10).collect();
-        marking.hand(&mut ids).unwrap();
+        marking.hand(&mut ids, 0, false).unwrap();
         assert!(ids.is_empty());
         assert_eq!(marking.unmarked(), 10);
         assert_eq!(marking.flush().unwrap(), 10);
@@ -741,7 +886,7 @@ mod tests {
         let (m, commits) = fake(30, None);
         let marking = Marking::start(m, None, 10, false).unwrap();
         for chunk in (1..=200i64).collect::<Vec<_>>().chunks(10) {
-            marking.hand(&mut chunk.to_vec()).unwrap();
+            marking.hand(&mut chunk.to_vec(), 0, false).unwrap();
             std::thread::sleep(Duration::from_millis(2));
         }
         assert_eq!(marking.flush().unwrap(), 200);
@@ -758,7 +903,7 @@ mod tests {
     fn fewer_rows_than_a_batch_are_committed_after_the_interval_without_a_flush() {
         let (m, commits) = fake(0, None);
         let marking = Marking::start(m, None, 1000, false).unwrap();
-        marking.hand(&mut vec![7, 8]).unwrap();
+        marking.hand(&mut vec![7, 8], 0, false).unwrap();
         let t = Instant::now();
         while commits.lock().unwrap().is_empty() && t.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(20));
@@ -772,13 +917,13 @@ mod tests {
     fn a_marking_error_reaches_the_drain_and_the_rows_do_not_count() {
         let (m, _) = fake(0, Some(1));
         let marking = Marking::start(m, None, 1, false).unwrap();
-        marking.hand(&mut vec![1]).unwrap();
+        marking.hand(&mut vec![1], 0, false).unwrap();
         assert_eq!(marking.flush().unwrap(), 1);
-        marking.hand(&mut vec![2]).unwrap();
+        marking.hand(&mut vec![2], 0, false).unwrap();
         let e = marking.flush().unwrap_err();
         assert_eq!(e.exit, Exit::IoErr);
         assert_eq!(marking.marked(), 1);
-        assert!(marking.hand(&mut vec![3]).is_err());
+        assert!(marking.hand(&mut vec![3], 0, false).is_err());
         assert!(marking.wait_below(1, Duration::from_secs(5)).is_err());
     }
 
@@ -786,7 +931,7 @@ mod tests {
     fn waiting_below_the_cap_returns_once_the_commit_made_room() {
         let (m, _) = fake(50, None);
         let marking = Marking::start(m, None, 1000, false).unwrap();
-        marking.hand(&mut (1..=500).collect()).unwrap();
+        marking.hand(&mut (1..=500).collect(), 0, false).unwrap();
         marking.wait_below(100, Duration::from_secs(10)).unwrap();
         assert!(marking.unmarked() < 100);
     }
@@ -846,11 +991,12 @@ mod tests {
             ends: Arc::default(),
             delay: Duration::ZERO,
             fail_at: None,
+            rows_end: i64::MAX,
         };
         let marking = Marking::start(Box::new(f), None, 3, false).unwrap();
         let entry = |k: &str| (k.to_string(), "v".to_string());
         marking.hand_states(&mut vec![entry("a")]).unwrap();
-        marking.hand(&mut vec![1, 2, 3]).unwrap();
+        marking.hand(&mut vec![1, 2, 3], 0, false).unwrap();
         assert_eq!(marking.flush().unwrap(), 3);
         assert_eq!(*states.lock().unwrap(), [entry("a")]);
         assert_eq!(marked.lock().unwrap().len(), 1, "one transaction for both");
@@ -864,7 +1010,7 @@ mod tests {
     fn dropping_the_marking_commits_what_was_handed_over() {
         let (m, commits) = fake(10, None);
         let marking = Marking::start(m, None, 1000, false).unwrap();
-        marking.hand(&mut vec![1, 2, 3]).unwrap();
+        marking.hand(&mut vec![1, 2, 3], 0, false).unwrap();
         drop(marking);
         assert_eq!(commits.lock().unwrap().concat(), vec![1, 2, 3]);
     }
@@ -879,6 +1025,7 @@ mod tests {
             ends: Arc::clone(&ends),
             delay: Duration::from_millis(delay_ms),
             fail_at,
+            rows_end: i64::MAX,
         };
         (Box::new(f), marked, ends)
     }
@@ -887,10 +1034,10 @@ mod tests {
     fn the_run_end_goes_in_the_transaction_of_the_last_marks_counting_every_row() {
         let (m, commits, ends) = fake_with_ends(20, None);
         let marking = Marking::start(m, None, 2, false).unwrap();
-        marking.hand(&mut vec![1, 2]).unwrap();
+        marking.hand(&mut vec![1, 2], 0, false).unwrap();
         // That commit is under way (20 ms) when the last rows come.
         std::thread::sleep(Duration::from_millis(5));
-        marking.hand(&mut vec![3, 4, 5]).unwrap();
+        marking.hand(&mut vec![3, 4, 5], 0, false).unwrap();
         let (marked, ended) = marking.finish(Exit::Ok, 7);
         assert_eq!(marked, 5);
         ended.unwrap();
@@ -915,7 +1062,7 @@ mod tests {
     fn with_everything_committed_already_the_end_is_one_transaction_of_its_own() {
         let (m, commits, ends) = fake_with_ends(0, None);
         let marking = Marking::start(m, None, 1000, false).unwrap();
-        marking.hand(&mut vec![1, 2, 3]).unwrap();
+        marking.hand(&mut vec![1, 2, 3], 0, false).unwrap();
         assert_eq!(marking.flush().unwrap(), 3);
         let (marked, ended) = marking.finish(Exit::DataErr, 0);
         ended.unwrap();
@@ -938,9 +1085,9 @@ mod tests {
         // The second commit fails: the first one's rows still count.
         let (m, commits, ends) = fake_with_ends(0, Some(1));
         let marking = Marking::start(m, None, 1000, false).unwrap();
-        marking.hand(&mut vec![1, 2]).unwrap();
+        marking.hand(&mut vec![1, 2], 0, false).unwrap();
         assert_eq!(marking.flush().unwrap(), 2);
-        marking.hand(&mut vec![3]).unwrap();
+        marking.hand(&mut vec![3], 0, false).unwrap();
         let (marked, ended) = marking.finish(Exit::Ok, 0);
         assert_eq!(marked, 2);
         assert!(ended.unwrap_err().message.contains("disk full"));
