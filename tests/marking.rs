@@ -9,11 +9,15 @@
 mod util;
 
 use std::collections::BTreeSet;
+use std::io::BufRead;
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use util::slow_fsync::SlowFsync;
-use util::{Broker, Rng, Subscriber, TestEnv, marked_ids, received_under, wait_received};
+use util::{
+    Broker, Fault, Proxy, Rng, Subscriber, TestEnv, marked_ids, received_under, wait_received,
+};
 
 /// Acknowledged rows not yet committed as marked, at most: `MAX_UNMARKED`
 /// in src/marker.rs, the number README's "Duplicates are bounded" states.
@@ -138,6 +142,166 @@ fn killed_at_random_moments_on_a_slow_disk_a_run_loses_nothing_and_resends_at_mo
         killed_running >= rounds / 2,
         "too few kills hit a running flush ({killed_running} of {rounds}, seed {})",
         rng.seed
+    );
+}
+
+/// The end of a run on a slow disk, where the marking thread holds the last
+/// rows for the run's last commit (src/marker.rs, `end_in_sight`): killed
+/// there twice in a row, then its PUBACKs cut off there (a different fault),
+/// then a clean run, with a producer adding rows before each. Nothing is
+/// marked that the broker did not deliver, every acknowledged row of the run
+/// the broker stopped answering is marked (held rows are not dropped with a
+/// failing end), the duplicates stay under the bound, and the clean run
+/// delivers everything.
+#[test]
+fn killed_twice_in_a_runs_tail_on_a_slow_disk_then_its_acks_cut_there_then_clean_with_rows_added_each_time_nothing_is_lost()
+ {
+    let mut rng = Rng::new("killed_twice_in_a_runs_tail");
+    let env = TestEnv::new("slow-tail");
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let shim = SlowFsync::build(&env, Duration::from_millis(5));
+    let db = env.db();
+    let mut conn = util::seed_at(&db, 6000);
+    let prefix = "tail";
+    let inflight = 100;
+    let (mut total, mut dups_before) = (6000usize, 0usize);
+    for (round, fault) in ["kill", "kill", "acks cut", "clean"].iter().enumerate() {
+        if round > 0 {
+            util::insert_rows(&mut conn, 3000, 0);
+            total += 3000;
+        }
+        let all: BTreeSet<i64> = (1..=total as i64).collect();
+        let marked_before = marked_ids(&db, 64);
+        let backlog = total - marked_before.len();
+        let proxy = (*fault == "acks cut")
+            .then(|| Proxy::start(broker.port, Fault::SwallowPubAcksAfter(backlog - 40)));
+        let url = format!(
+            "mqtt://127.0.0.1:{}",
+            proxy.as_ref().map_or(broker.port, |p| p.port)
+        );
+        let (topic, w) = (format!("{prefix}/{{id}}"), inflight.to_string());
+        let args = [
+            "flush",
+            "--db",
+            &env.db_arg(),
+            "-L",
+            &url,
+            "-t",
+            &topic,
+            "--inflight",
+            &w,
+            "--ack-timeout",
+            "1",
+            "-v",
+        ];
+        let mut cmd = env.cmd(&args);
+        shim.apply(&mut cmd);
+        let mut child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let _ = tx.send(line.clone());
+            }
+        });
+        // The tail: the line of the chunk that completes the backlog.
+        let last_chunk = format!("({backlog} so far,");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        let in_tail = loop {
+            match lines.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => {
+                    let done = line.contains("selected") && line.contains(&last_chunk);
+                    seen.push(line);
+                    if done {
+                        break true;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break false,
+                Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() > deadline => break false,
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+            }
+        };
+        assert!(
+            in_tail,
+            "round {round}: no line selecting the last of {backlog} rows: {seen:#?}"
+        );
+        if *fault == "kill" {
+            // Within the run's last commit (four fsyncs of 5 ms and more).
+            std::thread::sleep(Duration::from_millis(rng.range(0, 15)));
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "seed {}, round {round}: the run ended before the kill in its tail",
+                rng.seed
+            );
+            child.kill().unwrap(); // SIGKILL
+        }
+        let until = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > until {
+                child.kill().unwrap();
+                panic!("round {round}: the run did not end in 60 s: {seen:#?}");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        reader.join().unwrap();
+        seen.extend(lines.try_iter());
+
+        let marked = marked_ids(&db, 64);
+        let got = wait_received(&sub, prefix, &marked);
+        let falsely = marked.iter().filter(|id| !got.contains_key(id)).count();
+        assert_eq!(
+            falsely, 0,
+            "seed {}, round {round} ({fault}): {falsely} row(s) marked but never received",
+            rng.seed
+        );
+        match *fault {
+            "acks cut" => {
+                assert_ne!(status.code(), Some(0), "round {round}: {seen:#?}");
+                let acked = proxy
+                    .as_ref()
+                    .unwrap()
+                    .acks_relayed
+                    .load(std::sync::atomic::Ordering::SeqCst);
+                assert_eq!(
+                    marked.len() - marked_before.len(),
+                    acked,
+                    "round {round}: {acked} PUBACKs relayed, but not as many rows marked: held rows dropped? {seen:#?}"
+                );
+            }
+            "clean" => {
+                assert_eq!(status.code(), Some(0), "round {round}: {seen:#?}");
+                let got = wait_received(&sub, prefix, &all);
+                let lost = all.iter().filter(|id| !got.contains_key(id)).count();
+                assert_eq!(lost, 0, "round {round}: {lost} row(s) never delivered");
+                assert_eq!(marked, all, "round {round}: not all marked");
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        let dups: usize = received_under(&sub, prefix).values().map(|n| n - 1).sum();
+        assert!(
+            dups - dups_before <= inflight + UNMARKED_CAP,
+            "seed {}, round {round} ({fault}): {} duplicates, more than the window {inflight} + the cap {UNMARKED_CAP}",
+            rng.seed,
+            dups - dups_before
+        );
+        dups_before = dups;
+    }
+    assert!(
+        shim.calls() > 0,
+        "the shim slowed no fsync: was it preloaded?"
     );
 }
 
