@@ -3,17 +3,21 @@
 //! rendering of rows into messages (one per row, or one per frame) with
 //! `--max-payload`, and the record of rows that cannot become a message.
 //! `run` (dry runs), `drain` (publishing) and `check` (the next messages)
-//! use it.
+//! use it. A row read ahead by the marking thread may come with its message
+//! made ([`crate::row::Row::made`], [`renderer`]): it is taken as made.
 
 use std::collections::VecDeque;
 
 use crate::config::{Config, Group, Log};
 use crate::error::Result;
-use crate::row::{Column, Field, Row};
+use crate::row::{Column, Field, Made, Row};
 use crate::session::{Message, Rows};
 use crate::source::Source;
 use crate::summary::Summary;
-use crate::template::{FRAME_COLUMNS, PayloadFormat, RowError, check_reading, frame_json};
+use crate::template::{
+    FRAME_COLUMNS, PayloadFormat, Renderer, RowError, check_reading, frame_json, render_row,
+    within_limit,
+};
 
 /// At most this many rows that cannot become a message are named on stderr
 /// per run; the rest are counted.
@@ -26,18 +30,6 @@ pub fn next_chunk(cfg: &Config, selected: u64) -> usize {
         Some(limit) => (limit.saturating_sub(selected)).min(cfg.batch as u64) as usize,
         None => cfg.batch,
     }
-}
-
-/// A payload within `--max-payload`, or why not.
-fn within_limit(cfg: &Config, payload: Vec<u8>) -> Result<Vec<u8>, RowError> {
-    if payload.len() > cfg.max_payload {
-        return Err(RowError(format!(
-            "payload of {} bytes exceeds --max-payload {}",
-            payload.len(),
-            cfg.max_payload
-        )));
-    }
-    Ok(payload)
 }
 
 /// The rows of a chunk cut into Waspmote frames: runs of consecutive rows
@@ -125,6 +117,13 @@ pub fn chunk_of(cfg: &Config, rows: Vec<Row>, want: usize) -> (Chunk, Vec<Row>) 
     (Chunk { rows, more: full }, rest)
 }
 
+/// What the thread reading rows ahead renders them with: with `--group
+/// row`, where a row is a message of its own (a frame is rendered when its
+/// rows are all taken).
+pub fn renderer(cfg: &Config) -> Option<Renderer> {
+    (cfg.group == Group::Row).then(|| Renderer::new(&cfg.topic, &cfg.payload, cfg.max_payload))
+}
+
 /// Renders rows into messages (one per row, or one per frame); rows that
 /// cannot become one are counted, named on stderr, stay unsent, and are
 /// returned with the reason.
@@ -154,18 +153,20 @@ pub fn messages(cfg: &Config, rows: Vec<Row>, out: &mut VecDeque<Message>) -> Ve
     let mut failed = Vec::new();
     match cfg.group {
         Group::Row => {
-            for row in rows {
-                let made = cfg.topic.render(&row).and_then(|topic| {
-                    let payload = within_limit(cfg, cfg.payload.render(&row)?)?;
-                    Ok(Message {
+            let json = cfg.content_type && cfg.payload == PayloadFormat::Json;
+            for mut row in rows {
+                // Made already by the thread that read the row ahead, or now.
+                let made = row
+                    .made
+                    .take()
+                    .unwrap_or_else(|| render_row(&cfg.topic, &cfg.payload, cfg.max_payload, &row));
+                match made {
+                    Ok(Made { topic, payload }) => out.push_back(Message {
                         rows: Rows::One(row.id),
                         topic,
                         payload,
-                        json: cfg.content_type && cfg.payload == PayloadFormat::Json,
-                    })
-                });
-                match made {
-                    Ok(m) => out.push_back(m),
+                        json,
+                    }),
                     Err(why) => failed.push((row.id, why)),
                 }
             }
@@ -183,7 +184,7 @@ pub fn messages(cfg: &Config, rows: Vec<Row>, out: &mut VecDeque<Message>) -> Ve
                     continue;
                 }
                 let made = cfg.topic.render(&good[0]).and_then(|topic| {
-                    let payload = within_limit(cfg, frame_json(&good)?)?;
+                    let payload = within_limit(cfg.max_payload, frame_json(&good)?)?;
                     Ok((topic, payload))
                 });
                 match made {

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::batch::{
     Chunk, MAX_ROW_ERRORS_SHOWN, chunk_log, chunk_of, next_chunk, next_rows, render_and_record,
-    split_frames,
+    renderer, split_frames,
 };
 use crate::blame::{self, Loss, Trial, Verdict as Blamed};
 use crate::config::{Config, Group, Log};
@@ -1057,6 +1057,7 @@ impl<'a> Drain<'a> {
             self.marking = Some(Marking::start(
                 marker,
                 reader,
+                renderer(self.cfg),
                 COMMIT_ROWS,
                 self.cfg.log.verbose,
             )?);

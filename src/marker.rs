@@ -24,7 +24,11 @@
 //! thread of its own when the source allows it
 //! ([`crate::source::Source::reader`]: MySQL, SQLite in WAL mode), else by
 //! the marking thread between its commits, reads first (SQLite's rollback
-//! journal, where a commit holds the file's lock through its fsyncs).
+//! journal, where a commit holds the file's lock through its fsyncs). With
+//! `--group row` the thread that read the rows also makes their messages
+//! ([`Renderer`]: topic, payload, `--max-payload`, or why a row cannot be
+//! one), so the publishing loop only sends them (callgrind, 20,000 rows at
+//! W=100: its instructions per row 15,400 -> 10,800, the bare loop's 8,600).
 //!
 //! The rows acknowledged and not yet committed are bounded:
 //! [`Marking::unmarked`] counts them, and the drain publishes nothing while
@@ -46,6 +50,7 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Exit, Result};
 use crate::row::Row;
 use crate::source::{Marker, RunEnd};
+use crate::template::Renderer;
 
 /// Acknowledged rows are committed as marked at least this often, however
 /// slow the link.
@@ -195,6 +200,9 @@ struct Shared {
     /// Handed over and not yet committed: `pending` plus `committing`, read
     /// by the drain without the lock before each PUBLISH.
     unmarked: AtomicUsize,
+    /// Makes the messages of the rows read ahead, on the thread that read
+    /// them (`--group row`): the publishing loop then only sends them.
+    renderer: Option<Renderer>,
 }
 
 impl Shared {
@@ -261,6 +269,7 @@ impl Marking {
     pub fn start(
         marker: Box<dyn Marker>,
         reader: Option<Box<dyn Marker>>,
+        renderer: Option<Renderer>,
         batch: usize,
         verbose: bool,
     ) -> Result<Marking> {
@@ -271,6 +280,7 @@ impl Marking {
             separate_reader: reader.is_some(),
             done: Condvar::new(),
             unmarked: AtomicUsize::new(0),
+            renderer,
         });
         let batch = batch.max(1);
         let spawn_failed = |e: std::io::Error| {
@@ -555,7 +565,10 @@ fn read_into<'a>(
     let generation = st.generation;
     st.reading = true;
     drop(st);
-    let read = reader.read_ahead(after, READ_AHEAD);
+    let mut read = reader.read_ahead(after, READ_AHEAD);
+    if let (Ok(rows), Some(renderer)) = (&mut read, &shared.renderer) {
+        renderer.make(rows);
+    }
     let mut st = shared.lock();
     st.reading = false;
     if st.generation == generation {
@@ -700,10 +713,7 @@ mod tests {
 
         fn read_ahead(&self, after: i64, limit: usize) -> Result<Vec<Row>> {
             Ok((after + 1..=(after + limit as i64).min(self.rows_end))
-                .map(|id| Row {
-                    id,
-                    fields: Default::default(),
-                })
+                .map(|id| Row::new(id, Default::default()))
                 .collect())
         }
     }
@@ -758,7 +768,7 @@ mod tests {
     #[test]
     fn when_the_end_of_the_run_is_nearer_than_a_commit_the_last_rows_wait_for_its_last_commit() {
         let (m, commits) = fake(100, None);
-        let marking = Marking::start(m, None, 10, false).unwrap();
+        let marking = Marking::start(m, None, None, 10, false).unwrap();
         // 12 rows came during a commit; the source has no more and 5 rows
         // are queued or in flight: a commit now would outlast the drain.
         let made = commits_after_a_full_batch_came_during_a_commit(&marking, &commits, 5, true);
@@ -777,7 +787,7 @@ mod tests {
      {
         for (held, source_done) in [(5, false), (13, true)] {
             let (m, commits) = fake(100, None);
-            let marking = Marking::start(m, None, 10, false).unwrap();
+            let marking = Marking::start(m, None, None, 10, false).unwrap();
             let made = commits_after_a_full_batch_came_during_a_commit(
                 &marking,
                 &commits,
@@ -792,7 +802,7 @@ mod tests {
     #[test]
     fn the_last_rows_never_wait_for_the_end_past_the_cap_on_unmarked_rows() {
         let (m, commits) = fake(100, None);
-        let marking = Marking::start(m, None, 10, false).unwrap();
+        let marking = Marking::start(m, None, None, 10, false).unwrap();
         marking.hand(&mut ids(1..=10), 0, false).unwrap();
         std::thread::sleep(Duration::from_millis(30));
         // As many came during the commit as are left, but together they
@@ -810,7 +820,7 @@ mod tests {
     fn the_end_is_also_seen_coming_in_rows_read_ahead_once_a_read_came_short() {
         // The table ends at id 25: the read after 22 finds 3 rows.
         let (m, commits) = fake(100, None);
-        let marking = Marking::start(m, Some(fake_ending(0, None, 25).0), 10, false).unwrap();
+        let marking = Marking::start(m, Some(fake_ending(0, None, 25).0), None, 10, false).unwrap();
         marking.read_ahead(22, 10);
         let made = commits_after_a_full_batch_came_during_a_commit(&marking, &commits, 0, false);
         assert_eq!(made, vec![10]);
@@ -822,6 +832,37 @@ mod tests {
         assert_eq!(sizes(&commits), vec![10, 12]);
     }
 
+    #[test]
+    fn rows_read_ahead_come_with_their_messages_made_by_the_thread_that_read_them() {
+        use crate::template::{Kind, PayloadFormat, Template, render_row};
+        let topic = Template::parse_as("t/{id}", Kind::Topic, "gw").unwrap();
+        let renderer = Renderer::new(&topic, &PayloadFormat::Json, 1000);
+        for separate in [false, true] {
+            let (m, _) = fake(0, None);
+            let reading = if separate { reader() } else { None };
+            let marking = Marking::start(m, reading, Some(renderer.clone()), 10, false).unwrap();
+            marking.read_ahead(0, 10);
+            let rows = marking.take_read(0, 10).unwrap();
+            assert_eq!(rows.iter().map(|r| r.id).collect::<Vec<_>>(), ids(1..=10));
+            for row in &rows {
+                let bare = Row::new(row.id, row.fields.clone());
+                let want = render_row(&topic, &PayloadFormat::Json, 1000, &bare);
+                assert_eq!(
+                    row.made.as_ref(),
+                    Some(&want),
+                    "separate reader: {separate}"
+                );
+            }
+            // Without a renderer (--group frame) rows come as read.
+            let (m, _) = fake(0, None);
+            let reading = if separate { reader() } else { None };
+            let marking = Marking::start(m, reading, None, 10, false).unwrap();
+            marking.read_ahead(0, 10);
+            let rows = marking.take_read(0, 10).unwrap();
+            assert!(rows.iter().all(|r| r.made.is_none()));
+        }
+    }
+
     /// A handle that only reads (at once).
     fn reader() -> Option<Box<dyn Marker>> {
         Some(fake(0, None).0)
@@ -830,7 +871,7 @@ mod tests {
     #[test]
     fn with_a_reader_of_its_own_a_read_ahead_is_not_held_up_by_a_slow_commit() {
         let (m, _) = fake(400, None);
-        let marking = Marking::start(m, reader(), 1, false).unwrap();
+        let marking = Marking::start(m, reader(), None, 1, false).unwrap();
         marking.hand(&mut vec![1, 2], 0, false).unwrap();
         // The commit of 1 and 2 starts and takes 400 ms.
         std::thread::sleep(Duration::from_millis(50));
@@ -849,7 +890,7 @@ mod tests {
     #[test]
     fn without_one_reads_wait_for_the_commit_under_way_and_come_before_the_next() {
         let (m, _) = fake(300, None);
-        let marking = Marking::start(m, None, 1, false).unwrap();
+        let marking = Marking::start(m, None, None, 1, false).unwrap();
         marking.hand(&mut vec![1, 2], 0, false).unwrap();
         std::thread::sleep(Duration::from_millis(50));
         let t = Instant::now();
@@ -868,7 +909,7 @@ mod tests {
     #[test]
     fn a_flush_commits_everything_handed_over_and_counts_it_only_then() {
         let (m, commits) = fake(20, None);
-        let marking = Marking::start(m, None, 100, false).unwrap();
+        let marking = Marking::start(m, None, None, 100, false).unwrap();
         let mut ids: Vec<i64> = (1..=10).collect();
         marking.hand(&mut ids, 0, false).unwrap();
         assert!(ids.is_empty());
@@ -884,7 +925,7 @@ mod tests {
     #[test]
     fn a_slow_commit_makes_the_next_one_carry_more_rows() {
         let (m, commits) = fake(30, None);
-        let marking = Marking::start(m, None, 10, false).unwrap();
+        let marking = Marking::start(m, None, None, 10, false).unwrap();
         for chunk in (1..=200i64).collect::<Vec<_>>().chunks(10) {
             marking.hand(&mut chunk.to_vec(), 0, false).unwrap();
             std::thread::sleep(Duration::from_millis(2));
@@ -902,7 +943,7 @@ mod tests {
     #[test]
     fn fewer_rows_than_a_batch_are_committed_after_the_interval_without_a_flush() {
         let (m, commits) = fake(0, None);
-        let marking = Marking::start(m, None, 1000, false).unwrap();
+        let marking = Marking::start(m, None, None, 1000, false).unwrap();
         marking.hand(&mut vec![7, 8], 0, false).unwrap();
         let t = Instant::now();
         while commits.lock().unwrap().is_empty() && t.elapsed() < Duration::from_secs(10) {
@@ -916,7 +957,7 @@ mod tests {
     #[test]
     fn a_marking_error_reaches_the_drain_and_the_rows_do_not_count() {
         let (m, _) = fake(0, Some(1));
-        let marking = Marking::start(m, None, 1, false).unwrap();
+        let marking = Marking::start(m, None, None, 1, false).unwrap();
         marking.hand(&mut vec![1], 0, false).unwrap();
         assert_eq!(marking.flush().unwrap(), 1);
         marking.hand(&mut vec![2], 0, false).unwrap();
@@ -930,7 +971,7 @@ mod tests {
     #[test]
     fn waiting_below_the_cap_returns_once_the_commit_made_room() {
         let (m, _) = fake(50, None);
-        let marking = Marking::start(m, None, 1000, false).unwrap();
+        let marking = Marking::start(m, None, None, 1000, false).unwrap();
         marking.hand(&mut (1..=500).collect(), 0, false).unwrap();
         marking.wait_below(100, Duration::from_secs(10)).unwrap();
         assert!(marking.unmarked() < 100);
@@ -946,7 +987,7 @@ mod tests {
     fn chunks_read_ahead(separate: bool) {
         let (m, _) = fake(0, None);
         let marking =
-            Marking::start(m, if separate { reader() } else { None }, 100, false).unwrap();
+            Marking::start(m, if separate { reader() } else { None }, None, 100, false).unwrap();
         marking.read_ahead(200, 3);
         let ids = |rows: &[Row]| rows.iter().map(|r| r.id).collect::<Vec<_>>();
         let rows = marking.take_read(200, 3).unwrap();
@@ -966,7 +1007,7 @@ mod tests {
     #[test]
     fn chunks_of_up_to_half_a_read_ahead_are_read_ahead_and_larger_ones_not() {
         let (m, _) = fake(0, None);
-        let marking = Marking::start(m, None, 100, false).unwrap();
+        let marking = Marking::start(m, None, None, 100, false).unwrap();
         marking.read_ahead(0, READ_AHEAD_CHUNK);
         for i in 0..5 {
             let after = (i * READ_AHEAD_CHUNK) as i64;
@@ -993,7 +1034,7 @@ mod tests {
             fail_at: None,
             rows_end: i64::MAX,
         };
-        let marking = Marking::start(Box::new(f), None, 3, false).unwrap();
+        let marking = Marking::start(Box::new(f), None, None, 3, false).unwrap();
         let entry = |k: &str| (k.to_string(), "v".to_string());
         marking.hand_states(&mut vec![entry("a")]).unwrap();
         marking.hand(&mut vec![1, 2, 3], 0, false).unwrap();
@@ -1009,7 +1050,7 @@ mod tests {
     #[test]
     fn dropping_the_marking_commits_what_was_handed_over() {
         let (m, commits) = fake(10, None);
-        let marking = Marking::start(m, None, 1000, false).unwrap();
+        let marking = Marking::start(m, None, None, 1000, false).unwrap();
         marking.hand(&mut vec![1, 2, 3], 0, false).unwrap();
         drop(marking);
         assert_eq!(commits.lock().unwrap().concat(), vec![1, 2, 3]);
@@ -1033,7 +1074,7 @@ mod tests {
     #[test]
     fn the_run_end_goes_in_the_transaction_of_the_last_marks_counting_every_row() {
         let (m, commits, ends) = fake_with_ends(20, None);
-        let marking = Marking::start(m, None, 2, false).unwrap();
+        let marking = Marking::start(m, None, None, 2, false).unwrap();
         marking.hand(&mut vec![1, 2], 0, false).unwrap();
         // That commit is under way (20 ms) when the last rows come.
         std::thread::sleep(Duration::from_millis(5));
@@ -1061,7 +1102,7 @@ mod tests {
     #[test]
     fn with_everything_committed_already_the_end_is_one_transaction_of_its_own() {
         let (m, commits, ends) = fake_with_ends(0, None);
-        let marking = Marking::start(m, None, 1000, false).unwrap();
+        let marking = Marking::start(m, None, None, 1000, false).unwrap();
         marking.hand(&mut vec![1, 2, 3], 0, false).unwrap();
         assert_eq!(marking.flush().unwrap(), 3);
         let (marked, ended) = marking.finish(Exit::DataErr, 0);
@@ -1084,7 +1125,7 @@ mod tests {
     fn after_a_marking_error_the_end_is_left_to_the_caller_with_the_rows_that_did_commit() {
         // The second commit fails: the first one's rows still count.
         let (m, commits, ends) = fake_with_ends(0, Some(1));
-        let marking = Marking::start(m, None, 1000, false).unwrap();
+        let marking = Marking::start(m, None, None, 1000, false).unwrap();
         marking.hand(&mut vec![1, 2], 0, false).unwrap();
         assert_eq!(marking.flush().unwrap(), 2);
         marking.hand(&mut vec![3], 0, false).unwrap();

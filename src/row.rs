@@ -4,7 +4,9 @@
 //! `value` or a BLOB anywhere. A [`Row`] keeps each column's storage class
 //! as found ([`Field`]), including text that is not UTF-8, so that reading
 //! never fails or panics and the decision "can this become a message?" is
-//! made in one place, by [`crate::template`].
+//! made in one place, by [`crate::template`]. A row read ahead of need
+//! may carry that decision with it ([`Row::made`]): the thread that read it
+//! made its message there, off the publishing loop.
 
 use std::fmt;
 use std::ops::Deref;
@@ -80,9 +82,39 @@ pub struct Row {
     pub id: i64,
     /// Indexed by `Column as usize`.
     pub fields: [Field; 8],
+    /// This row's message of its own (`--group row`), made ahead of need by
+    /// the thread that read it ([`crate::template::Renderer`]), or why it
+    /// cannot be one; `None`: made when the row is taken.
+    pub made: Option<Result<Made, RowError>>,
+}
+
+/// A row's message: its topic and payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Made {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// Why a row cannot become a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowError(pub String);
+
+impl fmt::Display for RowError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 impl Row {
+    /// A row as read, its message not made yet.
+    pub fn new(id: i64, fields: [Field; 8]) -> Row {
+        Row {
+            id,
+            fields,
+            made: None,
+        }
+    }
+
     pub fn get(&self, c: Column) -> &Field {
         &self.fields[c as usize]
     }
@@ -117,6 +149,15 @@ impl Text {
                 Text(Repr::Inline(len, buf))
             }
             _ => Text(Repr::Heap(s.into())),
+        }
+    }
+
+    /// The text's bytes (UTF-8), without the check [`Text::as_str`] makes:
+    /// what a payload or topic is written from.
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Repr::Inline(len, buf) => buf.get(..usize::from(*len)).unwrap_or_default(),
+            Repr::Heap(s) => s.as_bytes(),
         }
     }
 
@@ -184,6 +225,7 @@ mod tests {
         ] {
             let t = Text::new(s);
             assert_eq!(t.as_str(), s);
+            assert_eq!(t.as_bytes(), s.as_bytes());
             assert_eq!(&*t, s);
             assert_eq!(t.clone(), Text::from(s.to_string()));
             assert_eq!(format!("{t:?}"), format!("{s:?}"));

@@ -9,22 +9,11 @@
 //! wildcard makes mosquitto drop the connection, and a topic starting with
 //! `$` is swallowed by brokers while still acknowledged.
 
-use std::fmt::{self, Write as _};
-
-use crate::row::{Column, Field, Row};
+pub use crate::row::RowError;
+use crate::row::{Column, Field, Made, Row};
 
 /// The longest topic MQTT can carry, in bytes.
 pub const MAX_TOPIC_LEN: usize = 65_535;
-
-/// Why a row cannot become a message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RowError(pub String);
-
-impl fmt::Display for RowError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Part {
@@ -223,28 +212,31 @@ impl Template {
                 Part::Field(_) | Part::Date(_) => 24,
             })
             .sum();
-        let mut out = String::with_capacity(room);
+        // Written as bytes, checked as UTF-8 once at the end (every piece
+        // is UTF-8 already): checking each text as it is used cost more.
+        let mut out: Vec<u8> = Vec::with_capacity(room);
         for part in &self.parts {
             match part {
-                Part::Literal(s) => out.push_str(s),
+                Part::Literal(s) => out.extend_from_slice(s.as_bytes()),
                 Part::Field(c) => match row.get(*c) {
-                    Field::Text(s) => out.push_str(s),
-                    Field::Int(n) => out.push_str(Digits::of(*n).as_str()),
-                    Field::Real(x) => {
-                        let _ = write!(out, "{x}");
-                    }
+                    Field::Text(s) => out.extend_from_slice(s.as_bytes()),
+                    Field::Int(n) => out.extend_from_slice(Digits::of(*n).as_bytes()),
+                    Field::Real(x) => out.extend_from_slice(x.to_string().as_bytes()),
                     Field::Null if self.kind == Kind::Message => {}
                     other => return Err(not_text(*c, other)),
                 },
                 Part::Date(format) => match row.get(Column::Timestamp) {
-                    Field::Text(t) => out.push_str(
-                        &crate::meshlium::php_date(format, t)
-                            .map_err(|why| RowError(format!("#TS: {why}")))?,
+                    Field::Text(t) => out.extend_from_slice(
+                        crate::meshlium::php_date(format, t)
+                            .map_err(|why| RowError(format!("#TS: {why}")))?
+                            .as_bytes(),
                     ),
                     other => return Err(not_text(Column::Timestamp, other)),
                 },
             }
         }
+        let out = String::from_utf8(out)
+            .map_err(|_| RowError("the text made is not UTF-8".to_string()))?;
         if self.kind == Kind::Topic {
             check_topic(&out)?;
         }
@@ -258,10 +250,12 @@ pub fn check_topic(t: &str) -> Result<(), RowError> {
         "is empty"
     } else if t.len() > MAX_TOPIC_LEN {
         "is longer than 65535 bytes"
-    } else if t.contains(['+', '#']) {
-        "contains a wildcard ('+' or '#')"
-    } else if t.contains('\0') {
-        "contains a NUL character"
+    } else if let Some(b) = t.bytes().find(|&b| matches!(b, b'+' | b'#' | 0)) {
+        if b == 0 {
+            "contains a NUL character"
+        } else {
+            "contains a wildcard ('+' or '#')"
+        }
     } else if t.starts_with('$') {
         "starts with '$', which brokers reserve"
     } else {
@@ -308,6 +302,63 @@ impl PayloadFormat {
     }
 }
 
+/// A payload within `max` bytes (`--max-payload`), or why not.
+pub fn within_limit(max: usize, payload: Vec<u8>) -> Result<Vec<u8>, RowError> {
+    if payload.len() > max {
+        return Err(RowError(format!(
+            "payload of {} bytes exceeds --max-payload {max}",
+            payload.len()
+        )));
+    }
+    Ok(payload)
+}
+
+/// A row's message of its own (`--group row`): its topic, then its payload
+/// within `max_payload`, or the first reason it cannot be one.
+pub fn render_row(
+    topic: &Template,
+    payload: &PayloadFormat,
+    max_payload: usize,
+    row: &Row,
+) -> Result<Made, RowError> {
+    let topic = topic.render(row)?;
+    let payload = within_limit(max_payload, payload.render(row)?)?;
+    Ok(Made { topic, payload })
+}
+
+/// What makes a row a message of its own, copied from the configuration
+/// for the thread that reads rows ahead: it renders them there
+/// ([`Row::made`]), off the publishing loop, exactly as [`render_row`]
+/// would when the row is taken.
+#[derive(Debug, Clone)]
+pub struct Renderer {
+    topic: Template,
+    payload: PayloadFormat,
+    max_payload: usize,
+}
+
+impl Renderer {
+    pub fn new(topic: &Template, payload: &PayloadFormat, max_payload: usize) -> Renderer {
+        Renderer {
+            topic: topic.clone(),
+            payload: payload.clone(),
+            max_payload,
+        }
+    }
+
+    /// Makes the message of every row that has none yet.
+    pub fn make(&self, rows: &mut [Row]) {
+        for row in rows.iter_mut().filter(|r| r.made.is_none()) {
+            row.made = Some(render_row(
+                &self.topic,
+                &self.payload,
+                self.max_payload,
+                row,
+            ));
+        }
+    }
+}
+
 /// One field as a JSON value: integers and reals as numbers, text as a
 /// string, NULL as null; a BLOB or non-UTF-8 text cannot be written.
 /// Integers and text with nothing to escape (a reading's usual fields)
@@ -326,12 +377,12 @@ fn json_value(out: &mut Vec<u8>, c: Column, f: &Field) -> Result<(), RowError> {
         }
         Field::Real(x) => serde_json::to_writer(&mut *out, x),
         Field::Text(t) => {
-            let s = t.as_str();
-            if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
-                serde_json::to_writer(&mut *out, s)
+            let b = t.as_bytes();
+            if b.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+                serde_json::to_writer(&mut *out, t.as_str())
             } else {
                 out.push(b'"');
-                out.extend_from_slice(s.as_bytes());
+                out.extend_from_slice(b);
                 out.push(b'"');
                 Ok(())
             }
@@ -372,10 +423,6 @@ impl Digits {
 
     fn as_bytes(&self) -> &[u8] {
         &self.buf[self.start..]
-    }
-
-    fn as_str(&self) -> &str {
-        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
     }
 }
 
@@ -437,28 +484,35 @@ pub fn frame_json(rows: &[Row]) -> Result<Vec<u8>, RowError> {
 
 fn json_object(row: &Row) -> Result<Vec<u8>, RowError> {
     let mut out = Vec::with_capacity(192);
-    out.push(b'{');
-    for (i, c) in Column::ALL.into_iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        out.push(b'"');
-        out.extend_from_slice(c.name().as_bytes());
-        out.extend_from_slice(b"\":");
+    for (c, key) in Column::ALL.into_iter().zip(JSON_KEYS) {
+        out.extend_from_slice(key.as_bytes());
         json_value(&mut out, c, row.get(c))?;
     }
     out.push(b'}');
     Ok(out)
 }
 
+/// What comes before each column's value in [`json_object`], in
+/// [`Column::ALL`] order: one copy each instead of four.
+const JSON_KEYS: [&str; 8] = [
+    "{\"id\":",
+    ",\"id_wasp\":",
+    ",\"id_secret\":",
+    ",\"frame_type\":",
+    ",\"frame_number\":",
+    ",\"sensor\":",
+    ",\"value\":",
+    ",\"timestamp\":",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn row() -> Row {
-        Row {
-            id: 15819,
-            fields: [
+        Row::new(
+            15819,
+            [
                 Field::Int(15819),
                 Field::Text("node_01".into()),
                 Field::Text("400577471".into()),
@@ -468,7 +522,7 @@ mod tests {
                 Field::Text("23.50".into()),
                 Field::Text("2026-11-24 10:00:00".into()),
             ],
-        }
+        )
     }
 
     #[test]
@@ -647,6 +701,46 @@ mod tests {
     }
 
     #[test]
+    fn the_json_keys_are_the_column_names_in_order() {
+        for (i, (c, key)) in Column::ALL.into_iter().zip(JSON_KEYS).enumerate() {
+            let open = if i == 0 { "{" } else { "," };
+            assert_eq!(key, format!("{open}\"{}\":", c.name()));
+        }
+    }
+
+    #[test]
+    fn a_renderer_makes_what_render_row_makes_and_keeps_what_is_made() {
+        let topic = Template::parse_as("sensors/{id_wasp}/{sensor}", Kind::Topic, "gw").unwrap();
+        let r = Renderer::new(&topic, &PayloadFormat::Json, 1000);
+        let mut bad = row();
+        bad.id = 15820;
+        bad.fields[Column::Sensor as usize] = Field::Null;
+        let mut kept = row();
+        kept.id = 15821;
+        let earlier = Made {
+            topic: "made/before".into(),
+            payload: b"{}".to_vec(),
+        };
+        kept.made = Some(Ok(earlier.clone()));
+        let mut rows = vec![row(), bad, kept];
+        r.make(&mut rows);
+        let made: Vec<_> = rows.iter().map(|r| r.made.clone().unwrap()).collect();
+        assert_eq!(
+            made[0],
+            render_row(&topic, &PayloadFormat::Json, 1000, &row())
+        );
+        assert_eq!(made[0].as_ref().unwrap().topic, "sensors/node_01/TC");
+        assert_eq!(made[1], Err(RowError("sensor is NULL".into())));
+        assert_eq!(made[2], Ok(earlier));
+        let small = Renderer::new(&topic, &PayloadFormat::Json, 10);
+        let mut rows = vec![row()];
+        small.make(&mut rows);
+        assert!(
+            matches!(&rows[0].made, Some(Err(RowError(why))) if why.contains("--max-payload 10"))
+        );
+    }
+
+    #[test]
     fn integers_and_text_are_written_byte_for_byte_as_serde_json_writes_them() {
         for n in [
             0,
@@ -663,7 +757,7 @@ mod tests {
             let mut out = Vec::new();
             json_value(&mut out, Column::Id, &Field::Int(n)).unwrap();
             assert_eq!(out, serde_json::to_vec(&n).unwrap(), "{n}");
-            assert_eq!(Digits::of(n).as_str(), n.to_string());
+            assert_eq!(Digits::of(n).as_bytes(), n.to_string().as_bytes());
         }
         let texts = [
             "",

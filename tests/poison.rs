@@ -239,3 +239,144 @@ fn requeue_needs_ids_or_all_and_says_which_ids_had_no_failure() {
         .expect_code(65)
         .expect_one_error_line("requeued 0 of 1");
 }
+
+/// Appends `groups` groups of 199 good rows and one row that cannot become
+/// a message, of four kinds in turn: too large for `--max-payload 1000`,
+/// text that is not UTF-8, a sensor that puts a wildcard in the topic and a
+/// BLOB.
+fn seed_with_poisons(c: &mut rusqlite::Connection, groups: usize) {
+    for g in 0..groups {
+        util::insert_rows(c, 199, 0);
+        let poison = match g % 4 {
+            0 => {
+                "INSERT INTO sensorParser (id_wasp, sensor, value) VALUES ('n1', 'CAM', printf('%.2000c', 'x'))"
+            }
+            1 => {
+                "INSERT INTO sensorParser (id_wasp, sensor, value) VALUES ('n1', 'TC', CAST(X'C328' AS TEXT))"
+            }
+            2 => "INSERT INTO sensorParser (id_wasp, sensor, value) VALUES ('n1', 'T+C', '1.0')",
+            _ => "INSERT INTO sensorParser (id_wasp, sensor, value) VALUES ('n1', 'TC', X'0102')",
+        };
+        c.execute_batch(poison).unwrap();
+    }
+}
+
+#[test]
+fn rows_read_ahead_become_the_same_messages_and_the_same_failures_as_rows_the_drain_reads_itself() {
+    // Two identical tables of 6,000 rows, 30 of them poison, spread: one
+    // drained in chunks of 100 (read ahead, and made into messages, by the
+    // marking thread), the other in one chunk of 10,000 (read and made by
+    // the publishing loop). Two runs each, 500 rows (2 poison) added before
+    // the second, which quarantines the first 30 (--max-attempts 2).
+    let envs = [TestEnv::new("madeahead"), TestEnv::new("madeinline")];
+    let brokers: Vec<Broker> = envs.iter().map(Broker::start).collect();
+    let subs: Vec<Subscriber> = brokers
+        .iter()
+        .map(|b| Subscriber::connect(b.port, "sensors/#"))
+        .collect();
+    for env in &envs {
+        let mut c = env.seed(0);
+        seed_with_poisons(&mut c, 30);
+    }
+    let mut outcomes = Vec::new();
+    for round in 0..2 {
+        if round == 1 {
+            for env in &envs {
+                let mut c = rusqlite::Connection::open(env.db()).unwrap();
+                util::insert_rows(&mut c, 249, 0);
+                c.execute_batch(
+                    "INSERT INTO sensorParser (id_wasp, sensor, value) VALUES ('n1', 'TC', X'03')",
+                )
+                .unwrap();
+                util::insert_rows(&mut c, 249, 0);
+                c.execute_batch(
+                    "INSERT INTO sensorParser (id_wasp, sensor, value) VALUES ('n1', 'P#', '2.0')",
+                )
+                .unwrap();
+            }
+        }
+        let (mut seen, mut marked) = (Vec::new(), Vec::new());
+        for ((env, broker), batch) in envs.iter().zip(&brokers).zip(["100", "10000"]) {
+            let (db, url) = (env.db_arg(), broker.url());
+            let run = env.run(&[
+                "flush",
+                "--db",
+                &db,
+                "-L",
+                &url,
+                "--batch",
+                batch,
+                "--max-payload",
+                "1000",
+                "--max-attempts",
+                "2",
+                "--json",
+            ]);
+            run.expect_code(65);
+            let j = run.json();
+            let named: Vec<String> = run
+                .stderr
+                .lines()
+                .filter(|l| l.contains("not sent"))
+                .map(str::to_string)
+                .collect();
+            seen.push((
+                j["selected"].as_u64(),
+                j["published"].as_u64(),
+                j["marked"].as_u64(),
+                j["failed"].as_u64(),
+                j["quarantined"].as_u64(),
+                named,
+            ));
+            marked.push(marked_ids(&env.db(), 64));
+        }
+        assert_eq!(seen[0], seen[1], "round {round}");
+        let differ = marked[0].symmetric_difference(&marked[1]).count();
+        assert!(
+            differ == 0,
+            "round {round}: {differ} rows marked in one table only"
+        );
+        outcomes.push(seen.remove(0));
+    }
+    let (_, _, marked, failed, quarantined, named) = &outcomes[0];
+    assert_eq!(
+        (*marked, *failed, *quarantined),
+        (Some(5970), Some(30), Some(0))
+    );
+    assert_eq!(named.len(), 10, "{named:?}");
+    for why in [
+        "exceeds --max-payload 1000",
+        "value is text that is not UTF-8",
+        "contains a wildcard",
+        "value is a BLOB of 2 bytes",
+    ] {
+        assert!(named.iter().any(|l| l.contains(why)), "{why}: {named:?}");
+    }
+    let (_, _, marked, failed, quarantined, _) = &outcomes[1];
+    assert_eq!(
+        (*marked, *failed, *quarantined),
+        (Some(498), Some(32), Some(30))
+    );
+    // Byte for byte the same messages, each row once.
+    let got: Vec<Vec<(String, Vec<u8>)>> = subs
+        .iter()
+        .map(|s| {
+            let mut m: Vec<_> = s
+                .wait_for(6468, WAIT)
+                .into_iter()
+                .map(|r| (r.topic, r.payload))
+                .collect();
+            m.sort();
+            m
+        })
+        .collect();
+    assert_eq!(got[0].len(), 6468);
+    assert!(got[0] == got[1], "the two drains sent different messages");
+    let mut ids: Vec<i64> = subs[0].ids();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 6468);
+    for env in &envs {
+        util::accounting::assert_accounted(env, &env.db(), 64);
+    }
+}

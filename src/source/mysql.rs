@@ -653,7 +653,7 @@ impl Mysql {
                 ),
             ));
         };
-        Ok(Row { id, fields })
+        Ok(Row::new(id, fields))
     }
 }
 

@@ -577,7 +577,7 @@ impl Source for Sqlite {
                     ),
                 ));
             };
-            out.push(Row { id, fields });
+            out.push(Row::new(id, fields));
         }
         Ok(out)
     }
