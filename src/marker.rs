@@ -902,6 +902,32 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_read_ahead_made_in_pieces_gives_every_row_once_and_in_order_across_reads() {
+        for separate in [false, true] {
+            let (m, _) = fake(0, None);
+            let reading = if separate { reader() } else { None };
+            let marking = Marking::start(m, reading, None, 10, false).unwrap();
+            marking.read_ahead(0, 10);
+            let mut after = 0;
+            let mut got = Vec::new();
+            // 3 reads of READ_AHEAD rows, 8 pieces each, taken as they come.
+            while got.len() < 3 * READ_AHEAD {
+                let rows = marking.take_read(after, READ_AHEAD_CHUNK).unwrap();
+                assert_eq!(rows.len(), READ_AHEAD_CHUNK);
+                after = rows.last().unwrap().id;
+                got.extend(rows.iter().map(|r| r.id));
+            }
+            assert_eq!(
+                got,
+                ids(1..=3 * READ_AHEAD as i64),
+                "separate reader: {separate}"
+            );
+            // Never more held than the queue was made for.
+            assert!(marking.shared.lock().ahead.capacity() <= AHEAD_ROOM + READ_PIECE);
+        }
+    }
+
     /// A handle that only reads (at once).
     fn reader() -> Option<Box<dyn Marker>> {
         Some(fake(0, None).0)
