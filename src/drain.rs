@@ -44,13 +44,22 @@ use crate::session::{Blame, Broken, Message, Options, Polled, Refusal, Rows, Ses
 use crate::source::Source;
 use crate::summary::{Summary, exit_status};
 
-use crate::marker::MARK_INTERVAL;
 /// How long the DISCONNECT may take to go out. With it, a run lasts at most
 /// `--max-time` + `--ack-timeout` + this (50 + 5 + 1 s by default: under
 /// cron's minute).
 const DISCONNECT_WAIT: Duration = Duration::from_secs(1);
 /// How often a publishing loop paused by [`MAX_UNMARKED`] looks again.
 const CAPPED_POLL: Duration = Duration::from_millis(2);
+/// While events keep coming, acknowledged rows are handed to the marking
+/// thread this many at a time (and whenever the loop would wait, the window
+/// emptied, or the oldest has waited [`HAND_WAIT`]), not one lock and
+/// wake-up check per PUBACK: at W=100 about 5% more rows per second
+/// (50,000 rows, this disk, 10 runs taking turns: 0.82 -> 0.86 of the bare
+/// loop). They count towards [`MAX_UNMARKED`] all the same.
+const HAND_ROWS: usize = 64;
+/// Acknowledged rows wait at most about this long to be handed over while
+/// events keep coming (on a slow link, between PUBACKs that trickle in).
+const HAND_WAIT: Duration = Duration::from_millis(5);
 /// Suspects remembered per destination at most, and tried alone per run.
 const MAX_SUSPECTS: usize = 16;
 
@@ -164,6 +173,8 @@ pub struct Drain<'a> {
     after: i64,
     /// Acknowledged and not yet marked.
     acked: Vec<i64>,
+    /// When the oldest of `acked` was acknowledged: they are handed to the
+    /// marking thread within [`HAND_WAIT`] of it.
     oldest_unmarked_ack: Option<Instant>,
     /// Refused by the broker, to be recorded with the next marking.
     refused: Vec<(i64, String)>,
@@ -573,7 +584,7 @@ impl<'a> Drain<'a> {
                 wake = wake.min(self.publish_deadline);
             }
             if let Some(t) = self.oldest_unmarked_ack {
-                wake = wake.min(t + MARK_INTERVAL);
+                wake = wake.min(t + HAND_WAIT);
             }
             if let Some(due) = rate_wait {
                 wake = wake.min(due);
@@ -582,10 +593,16 @@ impl<'a> Drain<'a> {
                 // Look again soon: a commit makes room.
                 wake = wake.min(Instant::now() + CAPPED_POLL);
             }
+            // Whether another event may follow at once: acknowledged rows
+            // then wait to be handed over in a group.
+            let mut busy = false;
             match session.poll(wake.saturating_duration_since(Instant::now())) {
-                Ok(Polled::Acked(rows)) => self.on_ack(rows),
+                Ok(Polled::Acked(rows)) => {
+                    busy = true;
+                    self.on_ack(rows);
+                }
                 Ok(Polled::Refused(r)) => self.on_refusal(r),
-                Ok(Polled::Other) => {}
+                Ok(Polled::Other) => busy = true,
                 Ok(Polled::Idle) => {
                     if session.in_flight() > 0 && Instant::now() >= ack_deadline {
                         let broken = self.ack_timeout(session);
@@ -594,7 +611,16 @@ impl<'a> Drain<'a> {
                 }
                 Err(broken) => self.on_lost(session, broken, false)?,
             }
-            self.hand_off(session.in_flight())?;
+            let in_flight = session.in_flight();
+            if !busy
+                || in_flight == 0
+                || self.acked.len() >= HAND_ROWS
+                || self
+                    .oldest_unmarked_ack
+                    .is_some_and(|t| t.elapsed() >= HAND_WAIT)
+            {
+                self.hand_off(in_flight)?;
+            }
             self.progress.tick(&*self.db, self.summary, self.start);
         }
     }

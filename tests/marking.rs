@@ -364,3 +364,107 @@ fn a_run_that_delivers_records_its_end_with_its_last_marks_and_commits_no_more_t
         assert_eq!(last_run(&db), (Some(0), rows as i64, true), "round {round}");
     }
 }
+
+/// Rows that trickle out are marked about a second after the broker took
+/// them, not held until enough pile up (README, "Duplicates are bounded":
+/// "marked at least every second"): every row the subscriber got more than
+/// 2.5 s before a look at the database is marked there. Under `--rate 20`
+/// (the loop waits between messages), then over a slow link with
+/// `--inflight 2` (PUBACKs trickle in while another is awaited, the loop
+/// never idle: the drain's own HAND_WAIT is what hands them over; with it
+/// at 5 s this fails), each run killed in the
+/// middle, with rows added before the next, and then run to the end:
+/// nothing is lost and nothing marked that the broker did not deliver.
+#[test]
+fn rows_trickling_out_under_a_rate_are_marked_within_seconds_of_delivery_and_kills_there_lose_nothing()
+ {
+    let env = TestEnv::new("trickle");
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let db = env.path("trickle.db");
+    // 15 s of rows at 20 a second: both kills come while rows are left.
+    let mut conn = util::seed_at(&db, 300);
+    let (db_arg, url) = (db.display().to_string(), broker.url());
+    let prefix = "trickle";
+    let topic = format!("{prefix}/{{id}}");
+    let args = ["flush", "--db", &db_arg, "-t", &topic];
+    let mut total = 300;
+    let mut checked = 0;
+    // Every PUBLISH held 60 ms on its way: about 16 rows a second.
+    let slow = Proxy::start(broker.port, Fault::DelayUp(Duration::from_millis(80)));
+    let slow_url = format!("mqtt://127.0.0.1:{}", slow.port);
+    for round in 0..2 {
+        let extra = if round == 0 {
+            vec!["-L", &url, "--rate", "20"]
+        } else {
+            vec!["-L", &slow_url, "--inflight", "2"]
+        };
+        let mut child = env
+            .cmd(&[&args[..], &extra].concat())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // When each row reached the subscriber, as seen by polls 20 ms apart.
+        let mut seen_at: std::collections::BTreeMap<i64, Instant> = Default::default();
+        let before = received_under(&sub, prefix);
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(4500) {
+            std::thread::sleep(Duration::from_millis(20));
+            let now = Instant::now();
+            // Delivered by this run: received more often than before it.
+            for (id, n) in received_under(&sub, prefix) {
+                if n > before.get(&id).copied().unwrap_or(0) {
+                    seen_at.entry(id).or_insert(now);
+                }
+            }
+            let marked = marked_ids(&db, 64);
+            let overdue: Vec<i64> = seen_at
+                .iter()
+                .filter(|(id, t)| {
+                    now.duration_since(**t) > Duration::from_millis(2500) && !marked.contains(id)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            assert!(
+                overdue.is_empty(),
+                "round {round}, {:?} into the run: {} row(s) delivered more than 2.5 s ago are not marked, first {:?}",
+                start.elapsed(),
+                overdue.len(),
+                overdue.first()
+            );
+            checked += seen_at
+                .values()
+                .filter(|t| now.duration_since(**t) > Duration::from_millis(2500))
+                .count();
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "round {round}: the run ended before it was killed (20 rows/s for {total} rows)"
+        );
+        child.kill().unwrap(); // SIGKILL
+        let _ = child.wait();
+        let marked = marked_ids(&db, 64);
+        let got = wait_received(&sub, prefix, &marked);
+        assert!(
+            marked.iter().all(|id| got.contains_key(id)),
+            "round {round}: a row marked that the broker did not deliver"
+        );
+        // The producer goes on between runs.
+        util::insert_rows(&mut conn, 6, 0);
+        total += 6;
+    }
+    assert!(checked > 0, "no row was ever old enough to check");
+    let rerun = util::run_cmd(
+        env.cmd(&[&args[..], &["-L", &url]].concat()),
+        Duration::from_secs(60),
+    );
+    assert_eq!(rerun.code, Some(0), "{rerun:#?}");
+    let all: BTreeSet<i64> = (1..=total as i64).collect();
+    let got = wait_received(&sub, prefix, &all);
+    assert!(
+        all.iter().all(|id| got.contains_key(id)),
+        "a row never delivered"
+    );
+    assert_eq!(marked_ids(&db, 64), all);
+}

@@ -798,6 +798,9 @@ pub enum Fault {
     /// later one is accepted and never answered (what the client sends is
     /// read and dropped).
     CutThenMute(Duration),
+    /// Hold what the client sends this long before relaying it (a slow
+    /// link: with a small `--inflight`, PUBACKs trickle in).
+    DelayUp(Duration),
 }
 
 /// A TCP proxy on 127.0.0.1 between frameflush and a broker, injecting a
@@ -870,8 +873,12 @@ impl Proxy {
                     Fault::CutAfter(n) => Some(n),
                     _ => None,
                 };
+                let delay = match fault {
+                    Fault::DelayUp(d) => Some(d),
+                    _ => None,
+                };
                 pumps.push(std::thread::spawn(move || {
-                    pump_up(client, broker, limit, &u2, &s1)
+                    pump_up(client, broker, limit, delay, &u2, &s1)
                 }));
                 let swallow_after = match fault {
                     Fault::SwallowPubAcksAfter(k) => Some(k),
@@ -923,11 +930,13 @@ fn cut(a: &TcpStream, b: &TcpStream) {
     let _ = b.shutdown(std::net::Shutdown::Both);
 }
 
-/// Client → broker, cutting both directions after `limit` bytes.
+/// Client → broker, cutting both directions after `limit` bytes, each read
+/// held `delay` first.
 fn pump_up(
     mut from: TcpStream,
     mut to: TcpStream,
     limit: Option<usize>,
+    delay: Option<Duration>,
     total: &AtomicUsize,
     stop: &AtomicBool,
 ) {
@@ -948,6 +957,9 @@ fn pump_up(
             }
             Err(_) => break,
         };
+        if let Some(d) = delay {
+            std::thread::sleep(d);
+        }
         let n_fwd = limit.map_or(n, |l| n.min(l.saturating_sub(sent)));
         if to.write_all(&buf[..n_fwd]).is_err() {
             break;
