@@ -179,7 +179,7 @@ pub struct Drain<'a> {
     oldest_unmarked_ack: Option<Instant>,
     /// Refused by the broker, to be recorded with the next marking.
     refused: Vec<(i64, String)>,
-    /// The marking thread, started with the first acknowledgement.
+    /// The marking thread, started once the broker accepted the connection.
     marking: Option<Marking>,
     /// State entries a connection learned (the broker's protocol), not yet
     /// handed to the marking thread: they are written with the next marks.
@@ -299,6 +299,9 @@ impl<'a> Drain<'a> {
             Ok(s) => s,
             Err(e) => return self.finish(Err(e), None),
         };
+        if let Err(e) = self.start_marking() {
+            return self.finish(Err(e), Some(session));
+        }
         let session = match self.isolate(session) {
             Ok(s) => s,
             Err(e) => return self.finish(Err(e), None),
@@ -597,7 +600,7 @@ impl<'a> Drain<'a> {
             // Whether another event may follow at once: acknowledged rows
             // then wait to be handed over in a group.
             let mut busy = false;
-            match session.poll(wake.saturating_duration_since(Instant::now())) {
+            match session.poll_until(wake) {
                 Ok(Polled::Acked(rows)) => {
                     busy = true;
                     self.on_ack(rows);
@@ -618,7 +621,7 @@ impl<'a> Drain<'a> {
                 || self.acked.len() >= HAND_ROWS
                 || self
                     .oldest_unmarked_ack
-                    .is_some_and(|t| t.elapsed() >= HAND_WAIT)
+                    .is_some_and(|t| now.saturating_duration_since(t) >= HAND_WAIT)
             {
                 self.hand_off(in_flight)?;
             }
@@ -1058,38 +1061,48 @@ impl<'a> Drain<'a> {
         self.summary.quarantined += quarantined;
     }
 
-    /// Hands what was acknowledged to the marking thread (started with the
-    /// first acknowledgement: a run that gets none opens no second
-    /// connection), with what is still queued and `in_flight` (the marking
-    /// thread saves a commit when it sees the end coming,
-    /// [`Marking::hand`]), and counts what it committed.
+    /// Starts the marking thread, unless it runs: once the broker has
+    /// accepted the connection (a run that reaches no broker opens no
+    /// second connection), and with its first read ahead asked for at once,
+    /// so that the thread, its connection and that read are ready by the
+    /// time the first chunk has gone out, not started by the first
+    /// acknowledgement while the window waits.
+    fn start_marking(&mut self) -> Result<()> {
+        if self.marking.is_some() {
+            return Ok(());
+        }
+        let marker = self.db.marker()?;
+        // A reader of its own only saves waiting: when its connection
+        // cannot be had (a server at its max_connections), the marking
+        // thread reads between its commits and the run goes on.
+        let reader = self.db.reader().unwrap_or_else(|e| {
+            if self.cfg.log.verbose {
+                crate::sys::say!("frameflush: rows are read ahead between marking commits: {e}");
+            }
+            None
+        });
+        self.marking = Some(Marking::start(
+            marker,
+            reader,
+            renderer(self.cfg),
+            COMMIT_ROWS,
+            self.cfg.log.verbose,
+        )?);
+        self.read_ahead();
+        Ok(())
+    }
+
+    /// Hands what was acknowledged to the marking thread (started when the
+    /// broker accepted the connection, [`Drain::start_marking`]), with what
+    /// is still queued and `in_flight` (the marking thread saves a commit
+    /// when it sees the end coming, [`Marking::hand`]), and counts what it
+    /// committed.
     fn hand_off(&mut self, in_flight: usize) -> Result<()> {
         if self.acked.is_empty() {
             return Ok(());
         }
         self.oldest_unmarked_ack = None;
-        if self.marking.is_none() {
-            let marker = self.db.marker()?;
-            // A reader of its own only saves waiting: when its connection
-            // cannot be had (a server at its max_connections), the marking
-            // thread reads between its commits and the run goes on.
-            let reader = self.db.reader().unwrap_or_else(|e| {
-                if self.cfg.log.verbose {
-                    crate::sys::say!(
-                        "frameflush: rows are read ahead between marking commits: {e}"
-                    );
-                }
-                None
-            });
-            self.marking = Some(Marking::start(
-                marker,
-                reader,
-                renderer(self.cfg),
-                COMMIT_ROWS,
-                self.cfg.log.verbose,
-            )?);
-            self.read_ahead();
-        }
+        self.start_marking()?;
         if let Some(m) = &self.marking {
             m.hand_states(&mut self.learned)?;
             m.hand(&mut self.acked, self.queue.len() + in_flight, !self.more)?;

@@ -35,13 +35,16 @@
 /// are the client's own.
 macro_rules! wire_events {
     () => {
-        fn next(&mut self, wait: Duration) -> Next {
+        fn next(&mut self, until: Instant) -> Next {
             // An event already there is taken without a timer: recv_timeout's
-            // runtime entry and timer cost more than the event (callgrind).
+            // runtime entry and timer cost more than the event (callgrind),
+            // and without reading the clock for the wait.
             let got = match self.connection.try_recv() {
                 Ok(event) => Ok(event),
                 Err(TryRecvError::Disconnected) => Err(RecvTimeoutError::Disconnected),
-                Err(TryRecvError::Empty) => self.connection.recv_timeout(wait),
+                Err(TryRecvError::Empty) => self
+                    .connection
+                    .recv_timeout(until.saturating_duration_since(Instant::now())),
             };
             let event = match got {
                 Ok(Ok(event)) => event,
@@ -179,8 +182,8 @@ trait Wire {
         payload: Vec<u8>,
         shape: Shape,
     ) -> std::result::Result<(), String>;
-    /// The next event, waiting at most `wait`.
-    fn next(&mut self, wait: Duration) -> Next;
+    /// The next event, waiting at most until `until`.
+    fn next(&mut self, until: Instant) -> Next;
     /// Queues a DISCONNECT; false when it could not be queued.
     fn disconnect(&mut self) -> bool;
     /// The size on the wire of a QoS 1 PUBLISH of this shape.
@@ -556,7 +559,8 @@ impl<T> Tracker<T> {
 #[derive(Debug)]
 struct Sent {
     rows: Rows,
-    /// For the line that names a refused message.
+    /// For the line that names a refused message (MQTT 5; empty under
+    /// 3.1.1, whose PUBACK refuses nothing).
     topic: String,
     bytes: usize,
     /// Handed over as the n-th PUBLISH of this connection.
@@ -957,10 +961,16 @@ impl Session {
         }
         let mut shape = self.aliases.shape(&m.topic);
         shape.json = m.json;
-        let topic = if shape.alias_only {
-            String::new()
+        // The session keeps the topic only for the line that names a
+        // refused message: a 3.1.1 PUBACK refuses nothing, so there the
+        // topic itself goes to rumqttc, not a copy (one allocation and copy
+        // less per message on the publishing loop).
+        let (topic, kept) = if shape.alias_only {
+            (String::new(), m.topic)
+        } else if self.protocol == Protocol::V311 {
+            (m.topic, String::new())
         } else {
-            m.topic.clone()
+            (m.topic.clone(), m.topic)
         };
         let bytes = self.wire.packet_size(topic.len(), m.payload.len(), shape);
         let rows = m.rows;
@@ -972,7 +982,7 @@ impl Session {
         })?;
         self.tracker.handed(Sent {
             rows,
-            topic: m.topic,
+            topic: kept,
             bytes,
             seq: self.published,
             sets_alias: shape.alias.filter(|_| !shape.alias_only),
@@ -985,13 +995,20 @@ impl Session {
     /// session: what is in flight stays unsent, and the error says who is
     /// to blame.
     pub fn poll(&mut self, wait: Duration) -> std::result::Result<Polled, Broken> {
+        self.poll_until(Instant::now() + wait)
+    }
+
+    /// [`Session::poll`], waiting at most until `until`: the clock is read
+    /// only when no event is there yet (the publishing loop's case: most
+    /// polls find one).
+    pub fn poll_until(&mut self, until: Instant) -> std::result::Result<Polled, Broken> {
         let event = if let Some(e) = self.leftover.pop_front() {
             e
         } else if let Some(fault) = self.fault.take() {
             self.broken = true;
             return Err(self.broken_by(fault));
         } else {
-            let fault = match self.wire.next(wait) {
+            let fault = match self.wire.next(until) {
                 Next::Event(e) => return self.handle(e),
                 Next::Idle => return Ok(Polled::Idle),
                 Next::Failed(fault) => fault,
@@ -1190,7 +1207,7 @@ impl Session {
                 }
                 return;
             }
-            match self.wire.next(left) {
+            match self.wire.next(deadline) {
                 Next::Event(Event::Disconnect) => return,
                 Next::Event(_) => {}
                 Next::Idle | Next::Failed(_) | Next::Ended => return,
@@ -1225,7 +1242,7 @@ impl Wire for Closed {
     fn publish(&mut self, _: String, _: Vec<u8>, _: Shape) -> std::result::Result<(), String> {
         Err("the connection is closed".into())
     }
-    fn next(&mut self, _: Duration) -> Next {
+    fn next(&mut self, _: Instant) -> Next {
         Next::Ended
     }
     fn disconnect(&mut self) -> bool {

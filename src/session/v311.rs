@@ -4,7 +4,7 @@
 //! PUBACK reads as 0x00, which is why a broker that acknowledges and drops a
 //! refused message cannot be told from one that kept it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rumqttc::{
     Client, ConnectReturnCode, Connection, ConnectionError, Event as Ev, MqttOptions, Outgoing,

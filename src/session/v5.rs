@@ -11,7 +11,7 @@
 //! `release_collision`); it enforces the broker's Maximum Packet Size by
 //! failing the whole connection (the session checks sizes first).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rumqttc::Outgoing;
 use rumqttc::v5::mqttbytes::QoS;

@@ -208,7 +208,7 @@ pub trait Source {
     fn mark(&mut self, ids: &[i64]) -> Result<usize>;
 
     /// A second connection to this database for the marking thread. Only
-    /// a run with something acknowledged opens it.
+    /// a run whose broker accepted the connection opens it.
     fn marker(&self) -> Result<Box<dyn Marker>>;
 
     /// A handle of its own for reading the next rows ahead beside the
