@@ -1247,6 +1247,65 @@ fn a_user_allowed_three_connections_still_drains_everything_reading_ahead_betwee
     admin.query_drop(format!("DROP USER {account}")).unwrap();
 }
 
+/// A user allowed two connections (the run lock's and the run's own) leaves
+/// the marking thread none: the run must stop before it publishes anything,
+/// since nothing it sent could be marked. Twice in a row with a producer
+/// adding rows before each, next to a run whose broker is down (that one is
+/// the broker's fault, found before any second connection is asked for),
+/// then a run as a user with no limit delivers every row exactly once.
+#[test]
+fn a_user_allowed_two_connections_publishes_nothing_run_after_run_and_a_user_without_the_limit_delivers_every_row_once()
+ {
+    let env = TestEnv::new("my_two_conns");
+    let db = TestDb::new("twoconns");
+    let mut c = db.create(MESHLIUM_313);
+    let broker = Broker::start(&env);
+    let sub = Subscriber::connect(broker.port, "#");
+    let (url, account) = db.user("two", "WITH MAX_USER_CONNECTIONS 2", "ALL", "*");
+    let mut admin = db.server.admin();
+    let burl = broker.url();
+    let down = format!("mqtt://127.0.0.1:{}", util::refused_port());
+    let mut total = 0;
+    for (round, broker_url) in [&burl, &burl, &down, &burl].into_iter().enumerate() {
+        insert_rows(&mut c, 600, 0);
+        total += 600;
+        let args = ["flush", "--db", &url, "-L", broker_url, "-t", "two/{id}"];
+        let run = mariadb::run(&env, &args);
+        if broker_url == &down {
+            run.expect_code(69);
+        } else {
+            run.expect_code(74);
+            assert!(
+                run.stderr.contains("max_user_connections"),
+                "round {round}: {}",
+                run.stderr
+            );
+        }
+        assert_eq!(
+            run.stderr.matches("frameflush: error:").count(),
+            1,
+            "round {round}: {}",
+            run.stderr
+        );
+        assert!(db.marked_ids(64).is_empty(), "round {round}: rows marked");
+    }
+    // The same rows as a user without the limit: all of them, each once, so
+    // the refused runs published none.
+    let args = ["flush", "--db", &db.url(), "-L", &burl, "-t", "two/{id}"];
+    mariadb::run(&env, &args).expect_code(0);
+    let all: BTreeSet<i64> = (1..=total as i64).collect();
+    assert_eq!(db.marked_ids(64), all);
+    let got = wait_received(&sub, "two", &all);
+    assert_eq!(got.len(), total);
+    assert!(
+        got.values().all(|&n| n == 1),
+        "rows received more than once: {:?}",
+        got.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
+    util::accounting::assert_accounted_mysql(&env, &db, 64);
+    admin.query_drop(format!("DROP USER {account}")).unwrap();
+}
+
 /// The fallback of the test above, next to other faults and across runs:
 /// under MAX_USER_CONNECTIONS 3, run after run, with a producer adding rows
 /// between them and the link cut at a random point in some runs, nothing is
@@ -1313,16 +1372,15 @@ fn a_user_allowed_three_connections_loses_nothing_to_a_cut_link_and_drains_what_
             "seed {}, round {round}: the run record",
             rng.seed
         );
-        // The marking thread starts with the first PUBACK: every run that
-        // marked something fell back to reading between its commits.
-        if marked.len() > marked_before {
-            assert!(
-                run.stderr
-                    .contains("rows are read ahead between marking commits"),
-                "round {round}: {}",
-                run.stderr
-            );
-        }
+        // The marking thread starts once the broker accepted the
+        // connection (the cut comes 2,000 bytes or more after the CONNECT):
+        // every run fell back to reading between its commits.
+        assert!(
+            run.stderr
+                .contains("rows are read ahead between marking commits"),
+            "round {round}: {}",
+            run.stderr
+        );
         marked_before = marked.len();
         let got = wait_received(&sub, "threecut", &marked);
         let falsely = marked.iter().filter(|id| !got.contains_key(id)).count();
