@@ -778,19 +778,14 @@ impl Source for Mysql {
 
     /// Sets this mask's bit on the given rows: runs of consecutive ids as
     /// `BETWEEN` ranges (a range holds exactly the ids of its run), the
-    /// rest in `IN (…)`, at most [`IDS_PER_STATEMENT`] ids per statement.
+    /// rest in `IN (…)`, at most [`super::MARK_SLICE`] ids per statement.
     /// `timestamp = timestamp` keeps a column declared `ON UPDATE
     /// CURRENT_TIMESTAMP` as it was.
     fn mark(&mut self, ids: &[i64]) -> Result<usize> {
-        let mut sorted = ids.to_vec();
-        sorted.sort_unstable();
-        sorted.dedup();
-        let mut n = 0;
-        for chunk in sorted.chunks(IDS_PER_STATEMENT) {
-            let sql = mark_sql(self.mask, &id_condition(chunk));
-            n += self.query_drop("mark rows in", &sql)? as usize;
-        }
-        Ok(n)
+        super::mark_slices(ids, |slice| {
+            let sql = mark_sql(self.mask, &id_condition(slice));
+            self.query_drop("mark rows in", &sql).map(|n| n as usize)
+        })
     }
 
     fn record_failures(&mut self, failed: &[(i64, String)], max_attempts: u32) -> Result<u64> {

@@ -338,22 +338,22 @@ impl Sqlite {
 
 /// Sets `mask`'s bit on the given rows, in `tx`. Returns how many rows were
 /// updated (a row deleted meanwhile is not). Runs of consecutive ids (the
-/// usual case: acks come in order) go in one `BETWEEN` statement each; a
-/// range holds exactly the ids of its run, so no other row is touched.
+/// usual case: acks come in order) go in one `BETWEEN` statement each, of
+/// at most [`super::MARK_SLICE`] rows; a range holds exactly the ids of its
+/// run, so no other row is touched.
 fn mark_in(tx: &rusqlite::Transaction<'_>, mask: i64, ids: &[i64]) -> rusqlite::Result<usize> {
-    let mut sorted = ids.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
     let mut st = tx.prepare_cached(MARK_SQL)?;
-    let mut n = 0;
-    let mut start = 0;
-    for i in 1..=sorted.len() {
-        if i == sorted.len() || sorted[i] != sorted[i - 1] + 1 {
-            n += st.execute(params![mask, sorted[start], sorted[i - 1]])?;
-            start = i;
+    super::mark_slices(ids, |sorted| {
+        let mut n = 0;
+        let mut start = 0;
+        for i in 1..=sorted.len() {
+            if i == sorted.len() || sorted[i] != sorted[i - 1] + 1 {
+                n += st.execute(params![mask, sorted[start], sorted[i - 1]])?;
+                start = i;
+            }
         }
-    }
-    Ok(n)
+        Ok(n)
+    })
 }
 
 /// Records the end of the run `begin_run` started and forgets the failures
