@@ -29,7 +29,8 @@
 //! ([`Renderer`]: topic, payload, `--max-payload`, or why a row cannot be
 //! one), so the publishing loop only sends them (callgrind, 20,000 rows at
 //! W=100: its instructions per row 15,400 -> 10,800, the bare loop's 8,600).
-//! A read is made [`READ_PIECE`] rows at a time, each piece handed over as
+//! A read is made a piece at a time ([`Marker::read_piece`] rows), each
+//! piece handed over as
 //! soon as it is made, into a queue sized once for the most ever held
 //! (peak RSS, 1,000,000 rows: 12.6 MiB when all 4,000 rows of a read were
 //! rendered before any was handed over, 10.6 MiB so).
@@ -37,7 +38,7 @@
 //! These threads work in slices and give the CPU way between two (a piece
 //! read, a marking statement: [`crate::source::MARK_SLICE`]): the
 //! publishing loop and a broker on the same cores wait for no more than a
-//! slice of theirs (see [`READ_PIECE`]).
+//! slice of theirs (see [`crate::source::READ_PIECE`]).
 //!
 //! The rows acknowledged and not yet committed are bounded:
 //! [`Marking::unmarked`] counts them, and the drain publishes nothing while
@@ -90,17 +91,6 @@ pub const COMMIT_ROWS: usize = 2000;
 const READ_AHEAD: usize = 4000;
 /// Chunks (`--batch`) of at most this many rows are read ahead.
 pub const READ_AHEAD_CHUNK: usize = READ_AHEAD / 2;
-/// A read ahead is made this many rows at a time, each piece made into
-/// messages and handed over before the next (rendering takes about as long
-/// again as reading), and the thread gives way ([`std::thread::yield_now`])
-/// before it reads the next: a piece is about 0.3 ms of CPU. On a gateway
-/// the broker may share two cores with the publishing loop and this
-/// thread; a read of 4,000 rows in one go (10 ms of CPU) that landed on
-/// the broker's core held it up until the window ran dry (W=100 holds 1.4
-/// ms of the bench's mosquitto's work). `scripts/bench`'s mosquitto, W=100,
-/// `-V 311`, 50,000 rows, 11 rounds taking turns with the bare loop:
-/// 0.86 of it in pieces of 500 without giving way, 0.97 so.
-const READ_PIECE: usize = 128;
 /// Rows held read ahead, at most: a read is asked for while fewer than half
 /// a read are held. The queue is made this large at once (touched only as
 /// used), not grown by doubling past it.
@@ -583,7 +573,7 @@ fn read_loop(shared: &Shared, reader: Box<dyn Marker>) {
 
 /// Makes one read of up to [`READ_AHEAD`] rows (the lock released
 /// meanwhile) and keeps its rows, unless the drain moved elsewhere since.
-/// It is made [`READ_PIECE`] rows at a time, each piece made into messages
+/// It is made [`Marker::read_piece`] rows at a time, each piece made into messages
 /// (with a renderer) and handed over before the next is read: the first
 /// rows are there sooner, and no more than a piece is held outside the
 /// queue.
@@ -597,11 +587,12 @@ fn read_into<'a>(
     st.reading = true;
     drop(st);
     let (mut from, mut left) = (after, READ_AHEAD);
+    let piece = reader.read_piece();
     loop {
         if left < READ_AHEAD {
             std::thread::yield_now();
         }
-        let want = left.min(READ_PIECE);
+        let want = left.min(piece);
         let read = reader.read_ahead(from, want).map(|mut rows| {
             if let Some(renderer) = &shared.renderer {
                 renderer.make(&mut rows);

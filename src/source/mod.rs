@@ -83,6 +83,19 @@ pub fn suspects_key(mask: i64) -> String {
     format!("suspects:{mask}")
 }
 
+/// Rows per statement that reads ahead, unless the source says otherwise
+/// ([`Marker::read_piece`]). [`crate::marker`] makes each piece into
+/// messages and hands it over before it reads the next, and gives the CPU
+/// way ([`std::thread::yield_now`]) between two: a piece is about 0.3 ms of
+/// CPU. On a gateway the broker may share two cores with the publishing
+/// loop and this thread; a read of 4,000 rows in one go (10 ms of CPU) that
+/// landed on the broker's core held it up until the window ran dry (W=100
+/// holds 1.4 ms of the bench's mosquitto's work). `scripts/bench`'s
+/// mosquitto, W=100, 50,000 rows from SQLite, 9 rounds taking turns with
+/// the bare loop: 0.88 of it in pieces of 500 without giving way, 1.01 so
+/// (`-V 311`; `-V 5` 0.88 and 1.04).
+pub const READ_PIECE: usize = 128;
+
 /// Rows one marking statement carries at most. Between two statements the
 /// marking thread gives the CPU way ([`std::thread::yield_now`]): a commit
 /// of 2,000 rows is then four slices of about 0.4 ms of work (SQLite's
@@ -206,6 +219,13 @@ pub trait Marker: Send {
     /// As [`Source::select_unsent`], on this connection: the next chunk
     /// read ahead, beside the publishing loop.
     fn read_ahead(&self, after: i64, limit: usize) -> Result<Vec<Row>>;
+
+    /// Rows per [`Marker::read_ahead`] call when reading ahead:
+    /// [`READ_PIECE`], unless a statement costs this database more than a
+    /// small piece saves.
+    fn read_piece(&self) -> usize {
+        READ_PIECE
+    }
 }
 
 /// One database holding `sensorParser`, opened for one destination bit at

@@ -695,6 +695,14 @@ impl Marker for Mysql {
     fn read_ahead(&self, after: i64, limit: usize) -> Result<Vec<Row>> {
         self.select_unsent(after, limit)
     }
+
+    /// 500 rows, not [`super::READ_PIECE`]: the server plans and starts
+    /// each SELECT anew, about 0.2 ms of its CPU whatever the size
+    /// (mariadbd's CPU per 50,000 rows read ahead, InnoDB: 0.19 to 0.25 s
+    /// in pieces of 500, 0.27 to 0.31 s in pieces of 128).
+    fn read_piece(&self) -> usize {
+        500
+    }
 }
 
 impl Source for Mysql {
