@@ -30,10 +30,9 @@
 //! one), so the publishing loop only sends them (callgrind, 20,000 rows at
 //! W=100: its instructions per row 15,400 -> 10,800, the bare loop's 8,600).
 //! A read is made a piece at a time ([`Marker::read_piece`] rows), each
-//! piece handed over as
-//! soon as it is made, into a queue sized once for the most ever held
-//! (peak RSS, 1,000,000 rows: 12.6 MiB when all 4,000 rows of a read were
-//! rendered before any was handed over, 10.6 MiB so).
+//! piece handed over as soon as it is made, into a queue sized once for
+//! the most ever held (peak RSS, 1,000,000 rows: 12.6 MiB when all 4,000
+//! rows of a read were rendered before any was handed over, 10.6 MiB so).
 //!
 //! These threads work in slices and give the CPU way between two (a piece
 //! read, a marking statement: [`crate::source::MARK_SLICE`]): the
@@ -573,10 +572,11 @@ fn read_loop(shared: &Shared, reader: Box<dyn Marker>) {
 
 /// Makes one read of up to [`READ_AHEAD`] rows (the lock released
 /// meanwhile) and keeps its rows, unless the drain moved elsewhere since.
-/// It is made [`Marker::read_piece`] rows at a time, each piece made into messages
-/// (with a renderer) and handed over before the next is read: the first
-/// rows are there sooner, and no more than a piece is held outside the
-/// queue.
+/// It is made [`Marker::read_piece`] rows at a time, each piece made into
+/// messages (with a renderer) and handed over before the next is read, the
+/// CPU given way between two: the first rows are there sooner, no more
+/// than a piece is held outside the queue, and a broker on the same core
+/// waits for a piece at most.
 fn read_into<'a>(
     shared: &'a Shared,
     mut st: MutexGuard<'a, State>,

@@ -92,8 +92,8 @@ pub fn suspects_key(mask: i64) -> String {
 /// landed on the broker's core held it up until the window ran dry (W=100
 /// holds 1.4 ms of the bench's mosquitto's work). `scripts/bench`'s
 /// mosquitto, W=100, 50,000 rows from SQLite, 9 rounds taking turns with
-/// the bare loop: 0.88 of it in pieces of 500 without giving way, 1.01 so
-/// (`-V 311`; `-V 5` 0.88 and 1.04).
+/// the bare loop: 0.90 of it in pieces of 500 without giving way, 1.00 so
+/// (`-V 311`; `-V 5` 0.85 and 0.97).
 pub const READ_PIECE: usize = 128;
 
 /// Rows one marking statement carries at most. Between two statements the
@@ -103,9 +103,9 @@ pub const READ_PIECE: usize = 128;
 /// core would wait behind (see [`crate::marker`]).
 pub const MARK_SLICE: usize = 500;
 
-/// Marks `ids` (in any order, repeats allowed) sorted and without repeats,
-/// [`MARK_SLICE`] ids at a time, with `mark`, giving way between two
-/// slices; the sum of what `mark` returned (the rows it updated).
+/// Hands `ids` (in any order, repeats allowed) to `mark` sorted, without
+/// repeats, [`MARK_SLICE`] at a time, giving way between two slices;
+/// returns the sum of what `mark` returned (the rows it updated).
 fn mark_slices<E>(
     ids: &[i64],
     mut mark: impl FnMut(&[i64]) -> std::result::Result<usize, E>,
