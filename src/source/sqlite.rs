@@ -1176,7 +1176,9 @@ mod tests {
                 [],
             )
             .unwrap();
-        for m in [db.second().unwrap(), db.second().unwrap()] {
+        // The run's own connection (a fallback read) and the marking one.
+        let second = db.second().unwrap();
+        for m in [&db, &second] {
             let (mut after, mut got) = (0, 0);
             // Reads of 128 rows and a short one, as the marking thread makes.
             for limit in [128, 128, 7, 128, 128] {
