@@ -1198,6 +1198,64 @@ mod tests {
     }
 
     #[test]
+    fn a_commit_whose_later_slice_fails_marks_none_of_its_slices_twice_and_after_rows_are_added() {
+        let d = tempdir("slicefail");
+        let db = Sqlite::init(&d.join("t.db"), &target(&d, 64)).unwrap();
+        let add = |n: usize| {
+            db.conn
+                .execute(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+                     INSERT INTO sensorParser (id_wasp, sensor, value, sync) SELECT 'n', 'TC', i, 0 FROM n",
+                    [n as i64],
+                )
+                .unwrap();
+        };
+        let marked = || -> i64 {
+            db.conn
+                .query_row(
+                    "SELECT count(*) FROM sensorParser WHERE sync & 64",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap()
+        };
+        add(4 * super::super::MARK_SLICE);
+        // The third slice's UPDATE fails (as a disk error would), after two
+        // slices of the same transaction were written.
+        let bad = 2 * super::super::MARK_SLICE as i64 + 5;
+        db.conn
+            .execute_batch(&format!(
+                "CREATE TRIGGER fail_mark BEFORE UPDATE OF sync ON sensorParser WHEN old.id = {bad}
+                 BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+            ))
+            .unwrap();
+        let mut m = db.second().unwrap();
+        let all = |n: i64| (1..=n).collect::<Vec<i64>>();
+        let end = RunEnd {
+            exit: Exit::Ok,
+            marked: 0,
+        };
+        for round in 0..2 {
+            let ids = all(4 * super::super::MARK_SLICE as i64 + 50 * round);
+            assert!(
+                m.commit_marks(&ids, &[], Some(end)).is_err(),
+                "round {round}"
+            );
+            assert_eq!(
+                marked(),
+                0,
+                "round {round}: a slice of the failed commit stayed marked"
+            );
+            add(50);
+        }
+        db.conn.execute_batch("DROP TRIGGER fail_mark").unwrap();
+        let ids = all(4 * super::super::MARK_SLICE as i64 + 100);
+        assert_eq!(m.commit_marks(&ids, &[], Some(end)).unwrap(), ids.len());
+        assert_eq!(marked(), ids.len() as i64);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
     fn marking_sets_only_this_masks_bit_and_leaves_the_others() {
         let d = tempdir("mark");
         let mut db = Sqlite::init(&d.join("t.db"), &target(&d, 64)).unwrap();
