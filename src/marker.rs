@@ -20,11 +20,12 @@
 //! costs several fsyncs.
 //!
 //! Reading ahead ([`Marking::read_ahead`], [`Marking::take_read`]) is done
-//! where a read does not wait for a commit: by a third connection on a
-//! thread of its own when the source allows it
-//! ([`crate::source::Source::reader`]: MySQL, SQLite in WAL mode), else by
-//! the marking thread between its commits, reads first (SQLite's rollback
-//! journal, where a commit holds the file's lock through its fsyncs). With
+//! by a third connection on a thread of its own when the source offers one
+//! ([`crate::source::Source::reader`]: SQLite in WAL mode, where a read
+//! does not wait for a commit), else by the marking thread between its
+//! commits, reads first (SQLite's rollback journal, where a commit holds
+//! the file's lock through its fsyncs; MySQL, where a second busy server
+//! thread would cost the broker's cores more than the wait). With
 //! `--group row` the thread that read the rows also makes their messages
 //! ([`Renderer`]: topic, payload, `--max-payload`, or why a row cannot be
 //! one), so the publishing loop only sends them (callgrind, 20,000 rows at

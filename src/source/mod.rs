@@ -265,10 +265,12 @@ pub trait Source {
     fn marker(&self) -> Result<Box<dyn Marker>>;
 
     /// A handle of its own for reading the next rows ahead beside the
-    /// marking commits, when a read need not wait for a commit (InnoDB and
-    /// MyISAM reads, SQLite in WAL mode); `None` when it would (SQLite's
-    /// rollback journal: a commit holds the file's exclusive lock through
-    /// its fsyncs), and the marking thread reads between its commits.
+    /// marking commits, when a read need not wait for a commit and a
+    /// thread of its own pays (SQLite in WAL mode); `None` when a read
+    /// would wait (SQLite's rollback journal: a commit holds the file's
+    /// exclusive lock through its fsyncs) or when the database server's
+    /// second busy thread costs the broker more than the wait (MySQL), and
+    /// the marking thread reads between its commits.
     fn reader(&self) -> Result<Option<Box<dyn Marker>>> {
         Ok(None)
     }
