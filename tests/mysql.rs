@@ -1305,9 +1305,10 @@ fn a_user_allowed_two_connections_publishes_nothing_run_after_run_and_a_user_wit
 }
 
 /// A user allowed three connections (as two tests above), next to other
-/// faults and across runs: under MAX_USER_CONNECTIONS 3, run after run, with a producer adding rows
-/// between them and the link cut at a random point in some runs, nothing is
-/// marked that the broker did not deliver and a clean run delivers the rest.
+/// faults and across runs: under MAX_USER_CONNECTIONS 3, run after run, with
+/// a producer adding rows between them and the link cut at a random point in
+/// some runs, nothing is marked that the broker did not deliver and a clean
+/// run delivers the rest.
 #[test]
 fn a_user_allowed_three_connections_loses_nothing_to_a_cut_link_and_drains_what_a_producer_added_run_after_run()
  {
